@@ -1,0 +1,236 @@
+"""Executions: starting tasks and batches (manual, API and triggers share one path),
+reading live state, cancelling.
+
+A start writes the Execution (status `queued`) to KV `bd_execs`, enqueues a RunCommand
+with snapshots of the task definitions on `bd.{org}.run.{pool}` (BD_RUNS, de-duplicated
+by `Nats-Msg-Id: {execution_id}.{attempt}`) and publishes the state event. A trigger's
+execution id is derived from the trigger id, so a redelivered trigger finds the
+execution it already made instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from broker import codec, ids, subjects
+from broker.buckets import Buckets
+from broker.definitions import Definitions
+from broker.client import reply_error
+from broker.errors import Conflict, NotFound, Unavailable
+from broker.query import field_names, page_of
+from broker.records import VersionConflict
+from broker.timestamps import now_iso
+from broker.types import (
+    ActionState,
+    Batch,
+    BatchStartRequest,
+    EmptyRequest,
+    ExecCancelRequest,
+    Execution,
+    GetRequest,
+    ListRequest,
+    Page,
+    RunCommand,
+    TaskStartRequest,
+    Trigger,
+)
+
+log = logging.getLogger("batchdeck.broker")
+
+EXECUTION_FIELDS = field_names(Execution)
+CANCEL_FORWARD_TIMEOUT = 3.0
+"""Seconds the broker waits for the runner holding an execution to answer a cancel."""
+
+
+class Executions:
+    def __init__(self, nc: Client, js: JetStreamContext, buckets: Buckets, definitions: Definitions) -> None:
+        self.nc = nc
+        self.js = js
+        self.buckets = buckets
+        self.definitions = definitions
+
+    # ---- starting ----------------------------------------------------------------
+
+    async def start_task(self, org: str, body: bytes) -> dict[str, Any]:
+        request = codec.decode_request(body, TaskStartRequest)
+        task = await self.definitions.load_task(org, request.id)
+        snapshot = msgspec.structs.replace(task, params={**task.params, **request.params}, state={})
+        execution = Execution(
+            id=ids.new_id(),
+            org=org,
+            task_id=task.id,
+            name=task.name,
+            source=request.source,
+            pool=request.pool or task.pool,
+            queued_at=now_iso(),
+            actions=[ActionState(index=0, task_id=task.id)],
+            context=request.context,
+            cancellable=task.cancellable,
+            trace=task.trace,
+            deadline=request.deadline,
+        )
+        await self._enqueue(execution, RunCommand(execution_id=execution.id, org=org, tasks=[snapshot],
+                                                  context=request.context, deadline=request.deadline))
+        return {"execution_id": execution.id}
+
+    async def start_batch(self, org: str, body: bytes) -> dict[str, Any]:
+        request = codec.decode_request(body, BatchStartRequest)
+        trigger = Trigger(
+            trigger_id=ids.new_id(), batch_id=request.id, source=request.source, fired_at=now_iso(),
+            context=request.context, org=org,
+        )
+        execution = await self.run_trigger(org, trigger, deadline=request.deadline)
+        return {"execution_id": execution.id, "trigger_id": trigger.trigger_id}
+
+    async def run_trigger(self, org: str, trigger: Trigger, deadline: str | None = None) -> Execution:
+        """Turn a trigger into exactly one execution of its batch and publish the
+        trigger event. Idempotent: the same trigger again returns the same execution."""
+        execution_id = ids.derived_id(trigger.trigger_id, "exec")
+        existing = await self.buckets.execs.get(org, execution_id)
+        if existing is not None:
+            return existing
+        batch = await self.definitions.load_batch(org, trigger.batch_id)
+        if not batch.is_enabled and trigger.source not in ("manual", "api"):
+            raise Conflict(f"batch {batch.id!r} is disabled; {trigger.source} triggers are ignored")
+        tasks = [await self.definitions.load_task(org, action.task_id) for action in batch.actions]
+        snapshots = [
+            msgspec.structs.replace(task, params={**task.params, **action.params}, state={})
+            for task, action in zip(tasks, batch.actions)
+        ]
+        execution = Execution(
+            id=execution_id,
+            org=org,
+            batch_id=batch.id,
+            name=batch.name,
+            trigger_id=trigger.trigger_id,
+            source=trigger.source,
+            pool=batch.pool or tasks[0].pool,
+            queued_at=now_iso(),
+            actions=[ActionState(index=i, task_id=a.task_id) for i, a in enumerate(batch.actions)],
+            context=trigger.context,
+            cancellable=all(t.cancellable for t in tasks),
+            trace=all(t.trace for t in tasks),
+            deadline=deadline,
+        )
+        command = RunCommand(execution_id=execution.id, org=org, batch=_snapshot_batch(batch), tasks=snapshots,
+                             context=trigger.context, deadline=deadline)
+        execution = await self._enqueue(execution, command)
+        trigger.execution_id, trigger.status, trigger.org = execution.id, execution.status, org
+        trigger.fired_at = trigger.fired_at or execution.queued_at
+        await self.js.publish(subjects.trigger_event(org, batch.id), codec.encode(trigger))
+        return execution
+
+    async def _enqueue(self, execution: Execution, command: RunCommand) -> Execution:
+        org = execution.org
+        try:
+            execution = await self.buckets.execs.create(org, execution.id, execution)
+        except VersionConflict:
+            # A redelivered trigger raced its first delivery: that one owns the run.
+            return await self.buckets.execs.get(org, execution.id) or execution
+        try:
+            await self.js.publish(
+                subjects.run(org, execution.pool),
+                codec.encode(command),
+                headers={"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"},
+            )
+        except Exception as err:
+            execution.status, execution.error, execution.finished_at = "lost", f"could not enqueue: {err}", now_iso()
+            await self.buckets.execs.put(org, execution.id, execution)
+            await self._publish_state(execution)
+            raise Unavailable(f"could not enqueue the run: {err}") from err
+        await self._publish_state(execution)
+        return execution
+
+    async def _publish_state(self, execution: Execution) -> None:
+        await self.js.publish(subjects.exec_event(execution.org, execution.id, "state"), codec.encode(execution))
+
+    # ---- reading -----------------------------------------------------------------
+
+    async def load(self, org: str, execution_id: str) -> Execution:
+        execution = await self.buckets.execs.get(org, execution_id)
+        if execution is None:
+            raise NotFound(f"execution {execution_id!r} does not exist (or has expired from live state)",
+                           {"kind": "execution", "id": execution_id})
+        return execution
+
+    async def get(self, org: str, body: bytes) -> Execution:
+        request = codec.decode_request(body, GetRequest)
+        return await self.load(org, request.id)
+
+    async def list(self, org: str, body: bytes) -> Page:
+        request = codec.decode_request(body, ListRequest)
+        return page_of(await self.buckets.execs.scan(org), request, EXECUTION_FIELDS, default_sort="-queued_at")
+
+    # ---- cancelling --------------------------------------------------------------
+
+    async def cancel(self, org: str, body: bytes) -> dict[str, Any]:
+        """Cancel an execution: a queued one ends `canceled` at once; for a running one the
+        flag is set and the request forwarded to the runner holding it."""
+        request = codec.decode_request(body, ExecCancelRequest)
+        for _ in range(10):
+            execution = await self.load(org, request.id)
+            _check_cancellable(execution)
+            queued = execution.status == "queued"
+            execution.cancel_requested = True
+            if queued:
+                execution.status, execution.finished_at = "canceled", now_iso()
+                execution.error = "canceled before it started"
+                for action in execution.actions:
+                    action.status = "canceled"
+            try:
+                execution = await self.buckets.execs.update(org, execution.id, execution, execution.version)
+            except VersionConflict:
+                continue  # a runner moved it meanwhile: look again
+            if queued:
+                await self._publish_state(execution)
+                return {"acknowledged": "ok"}
+            return await self._forward_cancel(org, execution.id)
+        raise Conflict(f"execution {request.id!r} keeps changing; try again")
+
+    async def _forward_cancel(self, org: str, execution_id: str) -> dict[str, Any]:
+        try:
+            reply = await self.nc.request(subjects.exec_cancel(org, execution_id), b"{}", timeout=CANCEL_FORWARD_TIMEOUT)
+        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError):
+            # The flag is set: the runner acts on it when it next looks (or the run is
+            # declared lost when its runner is gone).
+            return {"acknowledged": "pending"}
+        error = reply_error(reply)
+        if error is not None:
+            raise error
+        return codec.decode(reply.data or b"{}", dict[str, Any]) or {"acknowledged": "ok"}
+
+    # ---- runners and modules -----------------------------------------------------
+
+    async def runners(self, org: str, body: bytes) -> dict[str, Any]:
+        codec.decode_request(body, EmptyRequest)
+        return {"items": await self.buckets.runners.scan(org)}
+
+    async def modules(self, org: str, body: bytes) -> dict[str, Any]:
+        """The modules that live runners of this org advertise (union by name)."""
+        codec.decode_request(body, EmptyRequest)
+        by_name = {}
+        for runner in await self.buckets.runners.scan(org):
+            for module in runner.modules:
+                by_name.setdefault(module.name, module)
+        return {"modules": [by_name[name] for name in sorted(by_name)]}
+
+
+def _check_cancellable(execution: Execution) -> None:
+    if execution.is_final:
+        raise Conflict(f"execution {execution.id!r} already finished ({execution.status})",
+                       {"status": execution.status})
+    if not execution.cancellable:
+        raise Conflict(f"execution {execution.id!r} runs a task that is not cancellable", {"cancellable": False})
+
+
+def _snapshot_batch(batch: Batch) -> Batch:
+    return msgspec.structs.replace(batch, next_run_at=None)
+

@@ -1,0 +1,90 @@
+"""Filter, sort and page a list of records, as every `*.list` endpoint does.
+
+`filter` maps a field to a value (equality) or a list of values (any of); `sort` is a
+field name with `-` for descending; records without the sort field's value come last
+either way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import msgspec
+
+from broker import codec
+from broker.errors import BadRequest
+from broker.types import ListRequest, Page
+
+# Values compared by equality only: filtering on objects would be ambiguous.
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _check_fields(request: ListRequest, fields: frozenset[str]) -> None:
+    for name in request.filter:
+        if name not in fields:
+            raise BadRequest(f"cannot filter on unknown field {name!r}", {"fields": sorted(fields)})
+        wanted = request.filter[name]
+        values = wanted if isinstance(wanted, list) else [wanted]
+        if not all(isinstance(v, _SCALARS) for v in values):
+            raise BadRequest(f"filter on {name!r} takes a value or a list of values (strings, numbers, booleans, null)")
+    if request.sort is not None and request.sort.lstrip("-") not in fields:
+        raise BadRequest(f"cannot sort on unknown field {request.sort.lstrip('-')!r}", {"fields": sorted(fields)})
+
+
+def _matches(row: dict[str, Any], filters: dict[str, Any]) -> bool:
+    for name, wanted in filters.items():
+        value = row.get(name)
+        if isinstance(wanted, list):
+            if not any(_equal(value, w) for w in wanted):
+                return False
+        elif not _equal(value, wanted):
+            return False
+    return True
+
+
+def _equal(value: Any, wanted: Any) -> bool:
+    # bool is an int in Python: keep true != 1 as JSON has it.
+    if isinstance(value, bool) != isinstance(wanted, bool):
+        return False
+    return value == wanted
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    if value is None:
+        return (1, 0)
+    if isinstance(value, (dict, list)):
+        return (0, codec.encode(value))
+    if isinstance(value, bool):
+        return (0, int(value))
+    return (0, value)
+
+
+def page_of(records: list[msgspec.Struct], request: ListRequest, fields: frozenset[str], default_sort: str) -> Page:
+    """Apply `request` (filter, sort, page, per_page) to records of one type."""
+    _check_fields(request, fields)
+    rows = [codec.to_builtins(r) for r in records]
+    rows = [r for r in rows if _matches(r, request.filter)]
+    sort = request.sort or default_sort
+    name, descending = sort.lstrip("-"), sort.startswith("-")
+    rows.sort(key=lambda r: str(r.get("id", "")))  # ties keep a stable, id order
+    present = [r for r in rows if r.get(name) is not None]
+    missing = [r for r in rows if r.get(name) is None]
+    try:
+        present.sort(key=lambda r: _sort_key(r.get(name)), reverse=descending)
+    except TypeError:
+        raise BadRequest(f"cannot sort on {name!r}: its values are of mixed types") from None
+    rows = present + missing
+    total = len(rows)
+    start = (request.page - 1) * request.per_page
+    return Page(
+        items=rows[start : start + request.per_page],
+        page=request.page,
+        per_page=request.per_page,
+        total=total,
+        pages=math.ceil(total / request.per_page) if total else 0,
+    )
+
+
+def field_names(type_: type[msgspec.Struct]) -> frozenset[str]:
+    return frozenset(type_.__struct_fields__)

@@ -1,0 +1,197 @@
+"""The control-plane service: a NATS micro service named `batchdeck` answering
+`bd.{org}.api.{resource}.{verb}`, plus the consumer that turns BD_TRIGGERS messages
+into executions. Any number of instances may run: requests are shared through the
+micro queue group, triggers through one durable pull consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.errors import TimeoutError as NatsTimeout
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from broker import __version__, codec, streams, subjects
+from broker.buckets import open_buckets
+from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
+from broker.definitions import Definitions
+from broker.errors import ApiError, BadRequest, InternalError
+from broker.executions import Executions
+from broker.types import Trigger
+
+log = logging.getLogger("batchdeck.broker")
+
+Handler = Callable[[str, bytes], Awaitable[Any]]
+
+TRIGGER_CONSUMER = "broker_triggers"
+MAX_IN_FLIGHT = 256
+"""Requests one instance handles at once; more wait in the subscription."""
+
+
+class ControlPlane:
+    """The API endpoints of one broker instance."""
+
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+        self.service: Service | None = None
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._trigger_loop: asyncio.Task[None] | None = None
+
+    async def start(self, replicas: int = 1) -> list[str]:
+        """Provision streams and buckets, register the endpoints, start consuming
+        triggers. Returns the provisioning drift report."""
+        drift = await streams.provision(self.js, replicas=replicas)
+        buckets = await open_buckets(self.js)
+        self.definitions = Definitions(self.js, buckets)
+        self.executions = Executions(self.nc, self.js, buckets, self.definitions)
+        self.service = await add_service(
+            self.nc, name=subjects.SERVICE_NAME, version=__version__,
+            description="batchdeck control plane: tasks, batches, executions",
+        )
+        for (resource, verb), handler in self.endpoints().items():
+            await self.service.add_endpoint(
+                name=f"{resource}-{verb}", subject=subjects.api_any_org(resource, verb), handler=self._wrap(handler),
+                metadata={"resource": resource, "verb": verb},
+            )
+        self._trigger_loop = asyncio.create_task(self._consume_triggers(), name="broker-triggers")
+        return drift
+
+    def endpoints(self) -> dict[tuple[str, str], Handler]:
+        d, e = self.definitions, self.executions
+        return {
+            ("task", "create"): d.create_task,
+            ("task", "get"): d.get_task,
+            ("task", "list"): d.list_tasks,
+            ("task", "update"): d.update_task,
+            ("task", "delete"): d.delete_task,
+            ("task", "start"): e.start_task,
+            ("task", "modules"): e.modules,
+            ("batch", "create"): d.create_batch,
+            ("batch", "get"): d.get_batch,
+            ("batch", "list"): d.list_batches,
+            ("batch", "update"): d.update_batch,
+            ("batch", "delete"): d.delete_batch,
+            ("batch", "status"): d.set_batch_status,
+            ("batch", "start"): e.start_batch,
+            ("exec", "get"): e.get,
+            ("exec", "list"): e.list,
+            ("exec", "cancel"): e.cancel,
+            ("runner", "list"): e.runners,
+        }
+
+    async def stop(self) -> None:
+        if self._trigger_loop is not None:
+            self._trigger_loop.cancel()
+            await asyncio.gather(self._trigger_loop, return_exceptions=True)
+        if self.service is not None:
+            await self.service.stop()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- requests ----------------------------------------------------------------
+
+    def _wrap(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
+        # A subscription runs its callbacks one at a time; each request gets its own
+        # task so a slow one (a cancel forwarded to a runner) does not hold up the rest.
+        async def on_request(request: Request) -> None:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._serve(handler, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+        return on_request
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+
+    async def _serve(self, handler: Handler, request: Request) -> None:
+        org = subjects.org_of(request.subject)
+        try:
+            if not subjects.is_valid_org(org):
+                raise BadRequest(f"org {org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
+            reply = codec.encode(await handler(org, request.data))
+            if len(reply) > self.nc.max_payload:
+                raise BadRequest(f"the reply is {len(reply)} bytes, over the server's limit; ask for a smaller per_page")
+        except ApiError as err:
+            await _respond_error(request, err)
+            return
+        except Exception as err:  # the service keeps serving whatever a handler does
+            log.exception("%s failed", request.subject)
+            await _respond_error(request, InternalError(f"internal error: {type(err).__name__}: {err}"))
+            return
+        await request.respond(reply)
+
+    # ---- triggers ----------------------------------------------------------------
+
+    async def _consume_triggers(self) -> None:
+        config = ConsumerConfig(
+            durable_name=TRIGGER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10,
+            filter_subject=subjects.TRIGGERS_SUBJECTS[0],
+        )
+        while True:
+            try:
+                sub = await self.js.pull_subscribe(
+                    subjects.TRIGGERS_SUBJECTS[0], durable=TRIGGER_CONSUMER, stream=streams.TRIGGERS, config=config
+                )
+                while True:
+                    try:
+                        messages = await sub.fetch(64, timeout=1.0)
+                    except NatsTimeout:
+                        continue
+                    await asyncio.gather(*(self._handle_trigger(m) for m in messages))
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # server restart, consumer gone: re-create it
+                log.warning("trigger consumer: %s; retrying", err)
+                await asyncio.sleep(1.0)
+
+    async def _handle_trigger(self, msg: Any) -> None:
+        org = subjects.org_of(msg.subject)
+        try:
+            trigger = codec.decode_request(msg.data, Trigger)
+            if trigger.batch_id != msg.subject.rsplit(".", 1)[-1]:
+                raise BadRequest(f"trigger for batch {trigger.batch_id!r} published on {msg.subject}")
+            await self.executions.run_trigger(org, trigger)
+        except ApiError as err:
+            # A trigger that cannot run (unknown or disabled batch, bad body) is final:
+            # record why on the trigger event and drop it.
+            log.warning("trigger on %s refused: %s", msg.subject, err.message)
+            await self._publish_refused_trigger(org, msg, err)
+            await msg.term()
+            return
+        except Exception as err:
+            log.warning("trigger on %s failed, will be redelivered: %s", msg.subject, err)
+            await msg.nak(delay=2.0)
+            return
+        await msg.ack()
+
+    async def _publish_refused_trigger(self, org: str, msg: Any, err: ApiError) -> None:
+        batch_id = msg.subject.rsplit(".", 1)[-1]
+        try:
+            body = codec.decode(msg.data, dict[str, Any])
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            body = {}
+        event = {**body, "org": org, "batch_id": batch_id, "execution_id": None, "error": err.message}
+        try:
+            await self.js.publish(subjects.trigger_event(org, batch_id), codec.encode(event))
+        except Exception:
+            log.exception("could not publish the refused trigger event")
+
+
+async def _respond_error(request: Request, err: ApiError) -> None:
+    await request.respond(
+        codec.encode(err.to_body()),
+        # A header value must stay on one line, whatever text the error echoes.
+        headers={ERROR_CODE_HEADER: str(err.code), ERROR_HEADER: " ".join(err.message.split())[:1000]},
+    )

@@ -1,0 +1,166 @@
+"""JetStream streams and KV buckets of ARCHITECTURE.md, and their idempotent provisioning.
+
+Provisioning creates what is missing and leaves what exists alone; an existing stream or
+bucket whose settings differ from ours is reported as drift (a list of readable lines),
+never silently rewritten: retention, storage and replicas of a live stream are an
+operator's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+
+from broker import subjects
+
+RUNS = "BD_RUNS"
+TRIGGERS = "BD_TRIGGERS"
+EVENTS = "BD_EVENTS"
+
+TASKS_BUCKET = "bd_tasks"
+TASK_STATE_BUCKET = "bd_task_state"
+BATCHES_BUCKET = "bd_batches"
+EXECS_BUCKET = "bd_execs"
+RUNNERS_BUCKET = "bd_runners"
+
+DAY = 24 * 3600.0
+DEFAULT_EVENTS_MAX_AGE = 7 * DAY
+TRIGGER_DEDUP_WINDOW = 10 * 60.0
+"""Long enough for a scheduler replica that restarts to re-publish a tick it already sent."""
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    name: str
+    history: int
+    ttl: float | None
+    description: str
+
+
+BUCKETS = (
+    BucketSpec(TASKS_BUCKET, 16, None, "task definitions, key {org}.{id}; revision = version"),
+    BucketSpec(TASK_STATE_BUCKET, 1, None, "what runs change on a task: state, start_count, last_started_at"),
+    BucketSpec(BATCHES_BUCKET, 16, None, "batch definitions, key {org}.{id}; revision = version"),
+    BucketSpec(EXECS_BUCKET, 1, 7 * DAY, "live execution state, key {org}.{id}"),
+    BucketSpec(RUNNERS_BUCKET, 1, 1 * DAY, "runner heartbeats, key {org}.{runner id}"),
+)
+
+
+def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE) -> list[StreamConfig]:
+    """The three streams as batchdeck wants them."""
+    return [
+        StreamConfig(
+            name=RUNS,
+            description="run commands, one work queue subject per org and pool",
+            subjects=list(subjects.RUNS_SUBJECTS),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+        ),
+        StreamConfig(
+            name=TRIGGERS,
+            description="batch triggers; Nats-Msg-Id {batch_id}@{scheduled_at} de-duplicates scheduler replicas",
+            subjects=list(subjects.TRIGGERS_SUBJECTS),
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=TRIGGER_DEDUP_WINDOW,
+        ),
+        StreamConfig(
+            name=EVENTS,
+            description="execution state, logs, progress, triggers and definition changes",
+            subjects=list(subjects.EVENTS_SUBJECTS),
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=events_max_age,
+            duplicate_window=120.0,
+        ),
+    ]
+
+
+_COMPARED = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
+
+
+def _stream_drift(want: StreamConfig, have: StreamConfig) -> list[str]:
+    drift = []
+    if sorted(want.subjects or []) != sorted(have.subjects or []):
+        drift.append(f"stream {want.name}: subjects are {have.subjects}, batchdeck expects {want.subjects}")
+    for name in _COMPARED:
+        wanted, actual = getattr(want, name), getattr(have, name)
+        if name in ("max_age", "duplicate_window"):
+            wanted, actual = float(wanted or 0), float(actual or 0)
+        if wanted != actual:
+            drift.append(f"stream {want.name}: {name} is {actual}, batchdeck expects {wanted}")
+    return drift
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> list[str]:
+    try:
+        info = await js.stream_info(config.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(config)
+            return []
+        except BadRequestError:
+            # Another process created it between our look and our add.
+            info = await js.stream_info(config.name)
+    return _stream_drift(config, info.config)
+
+
+async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) -> list[str]:
+    stream = f"KV_{spec.name}"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        config = KeyValueConfig(
+            bucket=spec.name, description=spec.description, history=spec.history, ttl=spec.ttl, replicas=replicas,
+            storage=StorageType.FILE,
+        )
+        try:
+            await js.create_key_value(config)
+            return []
+        except BadRequestError:
+            info = await js.stream_info(stream)
+    have = info.config
+    drift = []
+    if have.max_msgs_per_subject != spec.history:
+        drift.append(f"bucket {spec.name}: history is {have.max_msgs_per_subject}, batchdeck expects {spec.history}")
+    if float(have.max_age or 0) != float(spec.ttl or 0):
+        drift.append(f"bucket {spec.name}: ttl is {have.max_age}, batchdeck expects {spec.ttl}")
+    if (have.num_replicas or 1) != replicas:
+        drift.append(f"bucket {spec.name}: replicas is {have.num_replicas}, batchdeck expects {replicas}")
+    return drift
+
+
+async def wait_for_jetstream(js: JetStreamContext, timeout: float = 30.0) -> None:
+    """Wait until JetStream answers (a restarted server recovers its store first)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return
+        except (ServiceUnavailableError, APIError, asyncio.TimeoutError) as err:
+            if loop.time() > deadline:
+                raise RuntimeError(f"JetStream is not available: {err}") from err
+            await asyncio.sleep(0.1)
+
+
+async def provision(
+    js: JetStreamContext, replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE
+) -> list[str]:
+    """Create missing streams and buckets; return the drift of existing ones (empty when
+    everything matches). Safe to run any number of times, from any number of processes."""
+    await wait_for_jetstream(js)
+    drift: list[str] = []
+    for config in stream_configs(replicas, events_max_age):
+        drift += await _ensure_stream(js, config)
+    for spec in BUCKETS:
+        drift += await _ensure_bucket(js, spec, replicas)
+    return drift

@@ -1,0 +1,71 @@
+"""Subject names of the wire contract (PROTOCOL.md). Every service builds subjects here."""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "bd"
+ORG_PATTERN = r"^[a-z0-9_-]{1,32}$"
+DEFAULT_ORG = "default"
+SERVICE_NAME = "batchdeck"
+_ORG_RE = re.compile(ORG_PATTERN)
+
+
+def is_valid_org(org: str) -> bool:
+    return bool(_ORG_RE.match(org))
+
+
+def api(org: str, resource: str, verb: str) -> str:
+    """`bd.{org}.api.{resource}.{verb}`: a control API request."""
+    return f"{PREFIX}.{org}.api.{resource}.{verb}"
+
+
+def api_any_org(resource: str, verb: str) -> str:
+    """The subscription subject of one endpoint across every org."""
+    return f"{PREFIX}.*.api.{resource}.{verb}"
+
+
+def org_of(subject: str) -> str:
+    """The org token of any `bd.{org}.…` subject (not validated)."""
+    parts = subject.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == PREFIX else ""
+
+
+def run(org: str, pool: str) -> str:
+    """A run command on the BD_RUNS work queue."""
+    return f"{PREFIX}.{org}.run.{pool}"
+
+
+def trigger(org: str, batch_id: str) -> str:
+    """A trigger on BD_TRIGGERS."""
+    return f"{PREFIX}.{org}.trigger.{batch_id}"
+
+
+def exec_event(org: str, execution_id: str, kind: str) -> str:
+    """`state`, `log` or `progress` events of one execution on BD_EVENTS."""
+    return f"{PREFIX}.{org}.evt.exec.{execution_id}.{kind}"
+
+
+def trigger_event(org: str, batch_id: str) -> str:
+    return f"{PREFIX}.{org}.evt.trigger.{batch_id}"
+
+
+def definition_event(org: str, kind: str, definition_id: str) -> str:
+    """`kind` is `task` or `batch`."""
+    return f"{PREFIX}.{org}.evt.def.{kind}.{definition_id}"
+
+
+def exec_cancel(org: str, execution_id: str) -> str:
+    """The core request the runner holding an execution answers."""
+    return f"{PREFIX}.{org}.ctl.exec.{execution_id}.cancel"
+
+
+# Stream subjects, across every org.
+RUNS_SUBJECTS = [f"{PREFIX}.*.run.*"]
+TRIGGERS_SUBJECTS = [f"{PREFIX}.*.trigger.*"]
+EVENTS_SUBJECTS = [f"{PREFIX}.*.evt.>"]
+
+
+def kv_key(org: str, object_id: str) -> str:
+    """The key of a definition or execution in its KV bucket."""
+    return f"{org}.{object_id}"

@@ -1,0 +1,426 @@
+"""The wire contract as msgspec Structs (PROTOCOL.md); validation lives here.
+
+Every service decodes with these types, so every service rejects the same bad input
+the same way. `*Spec` types hold what a client may write; the stored/replied types
+add the fields the system manages. Field names are public API: never rename them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from broker import schedule
+from broker.subjects import ORG_PATTERN
+
+# ---- scalar constraints -------------------------------------------------------------
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+Id = Annotated[str, Meta(pattern=ID_PATTERN, description="letters, digits, '_' and '-', at most 64")]
+Org = Annotated[str, Meta(pattern=ORG_PATTERN)]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Description = Annotated[str, Meta(max_length=4000)]
+Pool = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}$")]
+ModuleName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
+EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+Arg = Annotated[str, Meta(max_length=8192)]
+Seconds = Annotated[float, Meta(gt=0, le=7 * 24 * 3600)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Timestamp = str
+
+MAX_OBJECT_BYTES = 64 * 1024
+"""The encoded size limit of a free-form object (params, context, state, result)."""
+
+ExecutionStatus = Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out", "lost", "skipped"]
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "timed_out", "lost", "skipped"})
+Source = Literal["cron", "manual", "startup", "api", "catch_up"]
+
+
+def _check_object_size(name: str, value: dict[str, Any] | None) -> None:
+    if value and len(msgspec.json.encode(value)) > MAX_OBJECT_BYTES:
+        raise ValueError(f"`{name}` is larger than {MAX_OBJECT_BYTES} bytes once encoded")
+
+
+# ---- tasks --------------------------------------------------------------------------
+
+
+class Notify(Struct, forbid_unknown_fields=True):
+    """Who hears about an execution's outcome."""
+
+    on: Literal["always", "failure"] = "failure"
+    recipients: Annotated[list[Annotated[str, Meta(min_length=3, max_length=2000)]], Meta(min_length=1, max_length=50)] = []
+
+
+class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The fields of a task a client writes (create, update)."""
+
+    id: Id | None = None
+    name: Name
+    description: Description = ""
+    kind: Literal["command", "module"] | None = None
+    command: Annotated[list[Arg], Meta(min_length=1, max_length=256)] | None = None
+    module: ModuleName | None = None
+    params: dict[str, Any] = {}
+    shell: bool = False
+    env: dict[EnvName, Annotated[str, Meta(max_length=32768)]] = {}
+    cwd: Annotated[str, Meta(min_length=1, max_length=4096)] | None = None
+    pool: Pool = "default"
+    timeout_sec: Seconds | None = None
+    retries: Annotated[int, Meta(ge=0, le=100)] = 0
+    retry_backoff_sec: Annotated[float, Meta(ge=0, le=86400)] = 10.0
+    cancellable: bool = True
+    trace: bool = True
+    owner: Annotated[str, Meta(max_length=200)] | None = None
+    system: bool = False
+    notify: Notify | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = "module" if self.module is not None and self.command is None else "command"
+        if self.kind == "command":
+            if not self.command or not self.command[0]:
+                raise ValueError("a task of kind 'command' needs `command`, a non-empty argv list such as [\"echo\", \"hi\"]")
+            if self.module is not None:
+                raise ValueError("a task of kind 'command' takes `command`, not `module`")
+        else:
+            if self.module is None:
+                raise ValueError("a task of kind 'module' needs `module`, the name of a registered handler")
+            if self.command is not None:
+                raise ValueError("a task of kind 'module' takes `module`, not `command`")
+            if self.shell:
+                raise ValueError("`shell` applies to command tasks only")
+        _check_object_size("params", self.params)
+
+
+class Task(TaskSpec, kw_only=True):
+    """A task as stored and replied: the spec plus the fields the system manages."""
+
+    id: Id
+    state: dict[str, Any] = {}
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+    deleted_at: Timestamp | None = None
+    version: int = 0
+    start_count: int = 0
+    last_started_at: Timestamp | None = None
+
+
+class TaskRuntime(Struct, kw_only=True):
+    """What runs change on a task (KV `bd_task_state`), kept apart from the definition
+    so that a run does not bump the definition's `version` under an operator's edit."""
+
+    state: dict[str, Any] = {}
+    start_count: int = 0
+    last_started_at: Timestamp | None = None
+    version: int = 0
+
+
+# ---- batches ------------------------------------------------------------------------
+
+
+def _int_list(low: int, high: int, longest: int) -> Any:
+    return Annotated[list[Annotated[int, Meta(ge=low, le=high)]], Meta(max_length=longest)]
+
+
+class Schedule(Struct, forbid_unknown_fields=True):
+    """A structured schedule; an empty list means "every"."""
+
+    minutes: _int_list(0, 59, 60) = []  # type: ignore[valid-type]
+    hours: _int_list(0, 23, 24) = []  # type: ignore[valid-type]
+    days_of_month: _int_list(1, 31, 31) = []  # type: ignore[valid-type]
+    months: _int_list(1, 12, 12) = []  # type: ignore[valid-type]
+    weekdays: _int_list(0, 6, 7) = []  # type: ignore[valid-type]
+
+    def to_cron(self) -> str:
+        return schedule.structured_to_cron(msgspec.structs.asdict(self))
+
+
+class Action(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One step of a batch: a task, with params that override the task's own."""
+
+    task_id: Id
+    params: dict[str, Any] = {}
+    continue_on_error: bool = False
+
+    def __post_init__(self) -> None:
+        _check_object_size("params", self.params)
+
+
+class BatchSpec(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The fields of a batch a client writes (create, update)."""
+
+    id: Id | None = None
+    name: Name
+    description: Description = ""
+    cron_expression: Annotated[str, Meta(max_length=200)] | None = None
+    schedule: Schedule | None = None
+    timezone: Annotated[str, Meta(max_length=64)] = "UTC"
+    is_enabled: bool
+    run_on_startup: bool
+    actions: Annotated[list[Action], Meta(min_length=1, max_length=200)]
+    pool: Pool | None = None
+    concurrency: Literal["allow", "forbid", "replace"] = "forbid"
+    catch_up: Literal["none", "last", "all"] = "last"
+    max_catch_up: Annotated[int, Meta(ge=1, le=1000)] = 10
+    owner: Annotated[str, Meta(max_length=200)] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cron_expression is None) == (self.schedule is None):
+            raise ValueError("a batch needs exactly one of `cron_expression` (e.g. '0 3 * * *') or `schedule`")
+        try:
+            if self.cron_expression is not None:
+                self.cron_expression = schedule.canonical_cron(self.cron_expression)
+            else:
+                self.schedule.to_cron()
+            schedule.zone(self.timezone)
+        except schedule.ScheduleError as err:
+            raise ValueError(str(err)) from None
+
+    def effective_cron(self) -> str:
+        """The 5- or 6-field cron this batch fires on (macros expanded)."""
+        if self.cron_expression is not None:
+            return schedule.normalize_cron(self.cron_expression)
+        return self.schedule.to_cron()
+
+
+class Batch(BatchSpec, kw_only=True):
+    """A batch as stored and replied."""
+
+    id: Id
+    next_run_at: Timestamp | None = None
+    created_at: Timestamp | None = None
+    updated_at: Timestamp | None = None
+    deleted_at: Timestamp | None = None
+    version: int = 0
+
+
+# ---- executions ---------------------------------------------------------------------
+
+
+class ActionState(Struct, kw_only=True):
+    index: int
+    task_id: str
+    status: ExecutionStatus = "queued"
+    exit_code: int | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    error: str | None = None
+
+
+class Execution(Struct, kw_only=True):
+    """One run of a task or a batch; its live state is in KV `bd_execs`."""
+
+    id: str
+    org: str
+    batch_id: str | None = None
+    task_id: str | None = None
+    name: str = ""
+    trigger_id: str | None = None
+    source: Source = "manual"
+    status: ExecutionStatus = "queued"
+    attempt: int = 1
+    pool: str = "default"
+    runner_id: str | None = None
+    queued_at: Timestamp | None = None
+    started_at: Timestamp | None = None
+    finished_at: Timestamp | None = None
+    duration_ms: int | None = None
+    progress_percent: float | None = None
+    progress_text: str | None = None
+    actions: list[ActionState] = []
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    context: dict[str, Any] = {}
+    cancellable: bool = True
+    cancel_requested: bool = False
+    trace: bool = True
+    deadline: Timestamp | None = None
+    version: int = 0
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+
+class RunCommand(Struct, kw_only=True):
+    """What the broker enqueues on `bd.{org}.run.{pool}`: everything a runner needs,
+    with the task definitions snapshotted so a later edit cannot change a queued run.
+    For a batch, `tasks[i]` is the task of `batch.actions[i]` with the action's params
+    merged over the task's."""
+
+    execution_id: str
+    org: str
+    attempt: int = 1
+    batch: Batch | None = None
+    tasks: list[Task]
+    context: dict[str, Any] = {}
+    deadline: Timestamp | None = None
+
+
+class LogLine(Struct, kw_only=True):
+    idx: int
+    ts: Timestamp
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    stream: Literal["stdout", "stderr", "runner"] = "stdout"
+    action_index: int | None = None
+    msg: str = ""
+    status_percent: float | None = None
+    execution_id: str | None = None
+
+
+class Progress(Struct, kw_only=True):
+    execution_id: str
+    percent: Percent | None = None
+    text: str | None = None
+    ts: Timestamp
+
+
+class Trigger(Struct, kw_only=True):
+    """A request to run a batch (scheduled, startup, catch-up or manual) and what it produced."""
+
+    trigger_id: str
+    batch_id: Id
+    source: Source = "cron"
+    scheduled_at: Timestamp | None = None
+    fired_at: Timestamp | None = None
+    context: dict[str, Any] = {}
+    org: str | None = None
+    execution_id: str | None = None
+    status: ExecutionStatus | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_object_size("context", self.context)
+
+
+class DefinitionEvent(Struct, kw_only=True):
+    """`bd.{org}.evt.def.{kind}.{id}`: a definition after a change."""
+
+    kind: Literal["task", "batch"]
+    change: Literal["created", "updated", "deleted"]
+    id: str
+    org: str
+    definition: dict[str, Any]
+    ts: Timestamp
+
+
+# ---- runners and modules ------------------------------------------------------------
+
+
+class ModuleParam(Struct, kw_only=True):
+    name: str
+    type: str = "string"
+    default: Any = None
+    required: bool = False
+    description: str = ""
+    group: str | None = None
+    position: int | None = None
+
+
+class ModuleInfo(Struct, kw_only=True):
+    name: str
+    description: str = ""
+    params: list[ModuleParam] = []
+
+
+class Runner(Struct, kw_only=True):
+    """A runner's heartbeat in KV `bd_runners`."""
+
+    id: str
+    org: str | None = None
+    host: str = ""
+    pid: int | None = None
+    pools: list[str] = []
+    concurrency: int = 1
+    running: list[str] = []
+    modules: list[ModuleInfo] = []
+    version: str = ""
+    started_at: Timestamp | None = None
+    heartbeat_at: Timestamp | None = None
+
+
+# ---- requests and replies -----------------------------------------------------------
+
+
+class GetRequest(Struct, forbid_unknown_fields=True):
+    id: Id
+
+
+class ListRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    filter: dict[Annotated[str, Meta(max_length=64)], Any] = {}
+    sort: Annotated[str, Meta(pattern=r"^-?[a-z_]{1,64}$")] | None = None
+    page: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+    per_page: Annotated[int, Meta(ge=1, le=1000)] = 50
+    include_deleted: bool = False
+
+
+class TaskDeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    force: bool = False
+
+
+class BatchDeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+
+
+class BatchStatusRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    is_enabled: bool
+    version: int | None = None
+
+
+class TaskStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    context: dict[str, Any] = {}
+    params: dict[str, Any] = {}
+    pool: Pool | None = None
+    source: Literal["manual", "api"] = "manual"
+    deadline: Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        _check_object_size("context", self.context)
+        _check_object_size("params", self.params)
+
+
+class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    context: dict[str, Any] = {}
+    source: Literal["manual", "api"] = "manual"
+    deadline: Timestamp | None = None
+
+    def __post_init__(self) -> None:
+        _check_object_size("context", self.context)
+
+
+class ExecCancelRequest(Struct, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class EmptyRequest(Struct, forbid_unknown_fields=True):
+    pass
+
+
+class Page(Struct, kw_only=True):
+    items: list[Any]
+    page: int
+    per_page: int
+    total: int
+    pages: int
+
+
+class ErrorDetail(Struct, kw_only=True):
+    code: int
+    message: str
+    details: dict[str, Any] = {}
+
+
+class ErrorBody(Struct):
+    error: ErrorDetail
+
+
+# The fields of stored objects that the system manages; an update that carries them
+# (a client sending back what it got) has them ignored, not refused.
+TASK_READ_ONLY = frozenset({"state", "created_at", "updated_at", "deleted_at", "start_count", "last_started_at"})
+BATCH_READ_ONLY = frozenset({"next_run_at", "created_at", "updated_at", "deleted_at"})
