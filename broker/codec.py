@@ -52,6 +52,8 @@ def decode_request(data: bytes, type: type[T]) -> T:  # noqa: A002
         raise BadRequest(f"invalid request: {err}") from None
     except msgspec.DecodeError as err:
         raise BadRequest(f"malformed JSON: {str(err).removeprefix('JSON is malformed: ')}") from None
+    except RecursionError:
+        raise BadRequest("malformed JSON: nested too deeply") from None
 
 
 def convert(obj: Any, type: type[T]) -> T:  # noqa: A002

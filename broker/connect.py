@@ -8,7 +8,6 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 from nats.aio.client import Client
 
 log = logging.getLogger("batchdeck.connect")
@@ -46,23 +45,28 @@ async def connect(options: ConnectOptions, *, service: bool = False, **overrides
         kwargs["token"] = options.token
     if options.tls_ca:
         kwargs["tls"] = _tls_context(options.tls_ca)
+    nc = Client()
     if service:
         kwargs.update(
             max_reconnect_attempts=-1,
             reconnect_time_wait=1,
-            disconnected_cb=_say("NATS connection lost; reconnecting"),
-            reconnected_cb=_say("NATS connection is back"),
+            disconnected_cb=_say(nc, "NATS connection lost; reconnecting"),
+            reconnected_cb=_say(nc, "NATS connection is back"),
             error_cb=_on_error,
         )
     else:
-        kwargs.update(allow_reconnect=False, connect_timeout=5, max_reconnect_attempts=0, error_cb=_on_error)
+        # nats-py treats max_reconnect_attempts=0 as "keep trying" on the first connect:
+        # one attempt per server, then fail.
+        kwargs.update(connect_timeout=5, max_reconnect_attempts=1, reconnect_time_wait=0.2, error_cb=_on_error)
     kwargs.update(overrides)
-    return await nats.connect(**kwargs)
+    await nc.connect(**kwargs)
+    return nc
 
 
-def _say(message: str):
+def _say(nc: Client, message: str):
     async def callback() -> None:
-        log.warning(message)
+        if not (nc.is_closed or nc.is_draining):  # our own shutdown is no news
+            log.warning(message)
 
     return callback
 

@@ -7,6 +7,7 @@ also published as `bd.{org}.evt.def.{kind}.{id}`.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,6 +22,7 @@ from broker.records import VersionConflict
 from broker.timestamps import now_iso, to_iso
 from broker.types import (
     BATCH_READ_ONLY,
+    ID_PATTERN,
     TASK_READ_ONLY,
     Batch,
     BatchDeleteRequest,
@@ -36,21 +38,28 @@ from broker.types import (
     TaskSpec,
 )
 
+ID_RE = re.compile(ID_PATTERN)
 TASK_FIELDS = field_names(Task)
 BATCH_FIELDS = field_names(Batch)
 
 
 def _spec_fields(obj: msgspec.Struct, spec_type: type[msgspec.Struct]) -> dict[str, Any]:
+    """The spec's fields of `obj` as wire data (to merge an update into)."""
     data = codec.to_builtins(obj)
     return {name: data[name] for name in spec_type.__struct_fields__ if name in data}
+
+
+def _spec_values(spec: msgspec.Struct) -> dict[str, Any]:
+    """The fields of a validated spec as they are (nested Structs stay Structs)."""
+    return {name: getattr(spec, name) for name in spec.__struct_fields__}
 
 
 def _update_body(body: bytes, read_only: frozenset[str]) -> tuple[str, int | None, dict[str, Any]]:
     """Split an update request into (id, version, changed fields)."""
     raw = codec.decode_request(body, dict[str, Any])
     record_id = raw.pop("id", None)
-    if not isinstance(record_id, str) or not record_id:
-        raise BadRequest("invalid request: `id` is required and must be a string")
+    if not isinstance(record_id, str) or not ID_RE.match(record_id):
+        raise BadRequest("invalid request: `id` is required: 1-64 letters, digits, '_' or '-'")
     version = raw.pop("version", None)
     if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
         raise BadRequest("invalid request: `version` must be an integer")
@@ -63,7 +72,10 @@ def next_run_at(batch: Batch, after: datetime | None = None) -> str | None:
     if not batch.is_enabled or batch.deleted_at is not None:
         return None
     moment = after or datetime.now(timezone.utc)
-    return to_iso(schedule.next_times(batch.effective_cron(), batch.timezone, moment)[0])
+    try:
+        return to_iso(schedule.next_times(batch.effective_cron(), batch.timezone, moment)[0])
+    except ValueError:  # a schedule that stopped firing (its last date has passed)
+        return None
 
 
 class Definitions:
@@ -96,7 +108,7 @@ class Definitions:
     async def create_task(self, org: str, body: bytes) -> Task:
         spec = codec.decode_request(body, TaskSpec)
         now = now_iso()
-        task = Task(**{**_spec_fields(spec, TaskSpec), "id": spec.id or ids.new_id()}, created_at=now, updated_at=now)
+        task = Task(**{**_spec_values(spec), "id": spec.id or ids.new_id()}, created_at=now, updated_at=now)
         try:
             task = await self.buckets.tasks.create(org, task.id, task)
         except VersionConflict:
@@ -123,8 +135,7 @@ class Definitions:
         _check_version(current.version, version, "task", task_id)
         merged = {**_spec_fields(current, TaskSpec), **changes, "id": task_id}
         spec = codec.convert(merged, TaskSpec)
-        task = Task(**_spec_fields(spec, TaskSpec), created_at=current.created_at, updated_at=now_iso())
-        task.id = task_id
+        task = Task(**{**_spec_values(spec), "id": task_id}, created_at=current.created_at, updated_at=now_iso())
         try:
             task = await self.buckets.tasks.update(org, task_id, task, current.version)
         except VersionConflict:
@@ -182,7 +193,7 @@ class Definitions:
         spec = codec.decode_request(body, BatchSpec)
         await self._check_actions(org, spec)
         now = now_iso()
-        batch = Batch(**{**_spec_fields(spec, BatchSpec), "id": spec.id or ids.new_id()}, created_at=now, updated_at=now)
+        batch = Batch(**{**_spec_values(spec), "id": spec.id or ids.new_id()}, created_at=now, updated_at=now)
         try:
             batch = await self.buckets.batches.create(org, batch.id, batch)
         except VersionConflict:
@@ -221,8 +232,7 @@ class Definitions:
         spec = codec.convert(merged, BatchSpec)
         if "actions" in changes:
             await self._check_actions(org, spec)
-        batch = Batch(**_spec_fields(spec, BatchSpec), created_at=current.created_at, updated_at=now_iso())
-        batch.id = batch_id
+        batch = Batch(**{**_spec_values(spec), "id": batch_id}, created_at=current.created_at, updated_at=now_iso())
         try:
             batch = await self.buckets.batches.update(org, batch_id, batch, current.version)
         except VersionConflict:

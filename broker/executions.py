@@ -87,19 +87,22 @@ class Executions:
             trigger_id=ids.new_id(), batch_id=request.id, source=request.source, fired_at=now_iso(),
             context=request.context, org=org,
         )
-        execution = await self.run_trigger(org, trigger, deadline=request.deadline)
+        execution = await self.run_trigger(org, trigger, deadline=request.deadline, manual=True)
         return {"execution_id": execution.id, "trigger_id": trigger.trigger_id}
 
-    async def run_trigger(self, org: str, trigger: Trigger, deadline: str | None = None) -> Execution:
+    async def run_trigger(
+        self, org: str, trigger: Trigger, deadline: str | None = None, manual: bool = False
+    ) -> Execution:
         """Turn a trigger into exactly one execution of its batch and publish the
-        trigger event. Idempotent: the same trigger again returns the same execution."""
+        trigger event. Idempotent: the same trigger again returns the same execution.
+        Only a `manual` start (batch.start) runs a disabled batch."""
         execution_id = ids.derived_id(trigger.trigger_id, "exec")
         existing = await self.buckets.execs.get(org, execution_id)
         if existing is not None:
             return existing
         batch = await self.definitions.load_batch(org, trigger.batch_id)
-        if not batch.is_enabled and trigger.source not in ("manual", "api"):
-            raise Conflict(f"batch {batch.id!r} is disabled; {trigger.source} triggers are ignored")
+        if not batch.is_enabled and not manual:
+            raise Conflict(f"batch {batch.id!r} is disabled; triggers are ignored until it is enabled")
         tasks = [await self.definitions.load_task(org, action.task_id) for action in batch.actions]
         snapshots = [
             msgspec.structs.replace(task, params={**task.params, **action.params}, state={})

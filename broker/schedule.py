@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadCronError, CroniterBadDateError, croniter
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -50,7 +50,7 @@ def normalize_cron(expression: str) -> str:
             return MACROS[text.lower()]
         except KeyError:
             names = ", ".join(sorted(MACROS))
-            raise ScheduleError(f"unknown cron macro {text!r}; use one of {names}") from None
+            raise ScheduleError(f"cron_expression {text!r} is an unknown macro; use one of {names}") from None
     fields = text.split(" ")
     if len(fields) not in (5, 6):
         raise ScheduleError(
@@ -59,6 +59,10 @@ def normalize_cron(expression: str) -> str:
         )
     if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
         raise ScheduleError(f"cron_expression {text!r} is not a valid cron expression")
+    try:
+        croniter(text, datetime.now(timezone.utc), second_at_beginning=len(fields) == 6).get_next(datetime)
+    except (CroniterBadDateError, CroniterBadCronError):
+        raise ScheduleError(f"cron_expression {text!r} never fires (e.g. February 30)") from None
     return text
 
 
@@ -74,7 +78,7 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone of that name; raises ScheduleError."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: "Europe" is a directory
         raise ScheduleError(f"timezone {name!r} is not a known IANA timezone (e.g. 'UTC', 'Europe/Berlin')") from None
 
 

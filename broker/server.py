@@ -83,8 +83,9 @@ class EmbeddedServer:
         chosen = self.port
         for _ in range(3 if chosen is None else 1):
             self.port = chosen or free_port(self.host)
+            log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             self._spawn()
-            if self._wait_ready(timeout):
+            if self._wait_ready(timeout, log_offset):
                 return self.url
             # A free port can be taken between our probe and the server's bind: retry.
             self.stop()
@@ -107,12 +108,14 @@ class EmbeddedServer:
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
 
-    def _wait_ready(self, timeout: float) -> bool:
+    def _wait_ready(self, timeout: float, log_offset: int) -> bool:
+        # Our own process must say it is ready: a probe of the port alone would also
+        # succeed against another server that already holds it.
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 return False
-            if _answers_info(self.host, self.port):
+            if _log_says_ready(self.log_file, log_offset) and _answers_info(self.host, self.port):
                 return True
             time.sleep(0.02)
         return False
@@ -159,6 +162,15 @@ class EmbeddedServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _log_says_ready(log_file: Path, offset: int) -> bool:
+    try:
+        with log_file.open("rb") as handle:
+            handle.seek(offset)
+            return b"Server is ready" in handle.read()
+    except OSError:
+        return False
 
 
 def _answers_info(host: str, port: int) -> bool:

@@ -46,6 +46,7 @@ class ControlPlane:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
         self._trigger_loop: asyncio.Task[None] | None = None
+        self._trigger_sub: Any = None
 
     async def start(self, replicas: int = 1) -> list[str]:
         """Provision streams and buckets, register the endpoints, start consuming
@@ -93,6 +94,9 @@ class ControlPlane:
         if self._trigger_loop is not None:
             self._trigger_loop.cancel()
             await asyncio.gather(self._trigger_loop, return_exceptions=True)
+        if self._trigger_sub is not None:
+            # A pull subscription left open keeps a later drain() waiting for its timeout.
+            await self._trigger_sub.unsubscribe()
         if self.service is not None:
             await self.service.stop()
         if self._tasks:
@@ -141,19 +145,19 @@ class ControlPlane:
         )
         while True:
             try:
-                sub = await self.js.pull_subscribe(
+                self._trigger_sub = await self.js.pull_subscribe(
                     subjects.TRIGGERS_SUBJECTS[0], durable=TRIGGER_CONSUMER, stream=streams.TRIGGERS, config=config
                 )
                 while True:
                     try:
-                        messages = await sub.fetch(64, timeout=1.0)
-                    except NatsTimeout:
+                        messages = await self._trigger_sub.fetch(64, timeout=1.0)
+                    except (NatsTimeout, asyncio.TimeoutError):
                         continue
                     await asyncio.gather(*(self._handle_trigger(m) for m in messages))
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # server restart, consumer gone: re-create it
-                log.warning("trigger consumer: %s; retrying", err)
+                log.warning("trigger consumer: %r; retrying", err)
                 await asyncio.sleep(1.0)
 
     async def _handle_trigger(self, msg: Any) -> None:

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from broker import schedule
+from broker.timestamps import parse_iso
 from broker.subjects import ORG_PATTERN
 
 # ---- scalar constraints -------------------------------------------------------------
@@ -38,6 +39,15 @@ FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "timed_out", "los
 Source = Literal["cron", "manual", "startup", "api", "catch_up"]
 
 
+def _check_time(name: str, value: str | None) -> None:
+    if value is None:
+        return
+    try:
+        parse_iso(value)
+    except ValueError:
+        raise ValueError(f"`{name}` must be an RFC 3339 time such as 2026-11-23T14:05:00.000Z, got {value!r}") from None
+
+
 def _check_object_size(name: str, value: dict[str, Any] | None) -> None:
     if value and len(msgspec.json.encode(value)) > MAX_OBJECT_BYTES:
         raise ValueError(f"`{name}` is larger than {MAX_OBJECT_BYTES} bytes once encoded")
@@ -46,11 +56,11 @@ def _check_object_size(name: str, value: dict[str, Any] | None) -> None:
 # ---- tasks --------------------------------------------------------------------------
 
 
-class Notify(Struct, forbid_unknown_fields=True):
+class Notify(Struct, kw_only=True, forbid_unknown_fields=True):
     """Who hears about an execution's outcome."""
 
     on: Literal["always", "failure"] = "failure"
-    recipients: Annotated[list[Annotated[str, Meta(min_length=3, max_length=2000)]], Meta(min_length=1, max_length=50)] = []
+    recipients: Annotated[list[Annotated[str, Meta(min_length=3, max_length=2000)]], Meta(min_length=1, max_length=50)]
 
 
 class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -293,6 +303,8 @@ class Trigger(Struct, kw_only=True):
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
+        _check_time("scheduled_at", self.scheduled_at)
+        _check_time("fired_at", self.fired_at)
 
 
 class DefinitionEvent(Struct, kw_only=True):
@@ -382,6 +394,7 @@ class TaskStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
         _check_object_size("params", self.params)
+        _check_time("deadline", self.deadline)
 
 
 class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -392,10 +405,11 @@ class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
+        _check_time("deadline", self.deadline)
 
 
 class ExecCancelRequest(Struct, forbid_unknown_fields=True):
-    id: Annotated[str, Meta(min_length=1, max_length=64)]
+    id: Id
 
 
 class EmptyRequest(Struct, forbid_unknown_fields=True):

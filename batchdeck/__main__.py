@@ -1,0 +1,3 @@
+from batchdeck.cli import main
+
+raise SystemExit(main())

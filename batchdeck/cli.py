@@ -1,0 +1,127 @@
+"""The `batchdeck` command. Exit codes: 0 ok, 1 API or connection error (message
+printed), 2 usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from broker import __version__
+from broker.client import ApiClient
+from broker.connect import ConnectOptions, connect
+from broker.errors import ApiError
+from broker.server import ServerError
+from broker.subjects import is_valid_org
+from batchdeck import commands, config, output, supervisor
+
+
+def _connection_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("connection")
+    group.add_argument("--nats", default=config.default_url(), metavar="URL",
+                       help=f"NATS server(s), comma separated; user:password@ allowed (env {config.ENV_URL})")
+    group.add_argument("--creds", default=None, metavar="FILE", help=f"NATS credentials file, nkeys/JWT (env {config.ENV_CREDS})")
+    group.add_argument("--token", default=None, help=f"NATS auth token (env {config.ENV_TOKEN})")
+    group.add_argument("--tls-ca", default=None, metavar="FILE", help=f"CA file to verify the server's TLS (env {config.ENV_TLS_CA})")
+    group.add_argument("--org", default=config.default_org(), help=f"organisation (env {config.ENV_ORG}, default 'default')")
+    group.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser
+
+
+def _connect_options(args: argparse.Namespace, name: str) -> ConnectOptions:
+    return ConnectOptions(
+        url=args.nats,
+        creds=args.creds or os.environ.get(config.ENV_CREDS),
+        token=args.token or os.environ.get(config.ENV_TOKEN),
+        tls_ca=args.tls_ca or os.environ.get(config.ENV_TLS_CA),
+        name=name,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchdeck",
+        description="batchdeck: batch tasks with cron schedules, runners, live logs and SQL history, over NATS.",
+    )
+    parser.add_argument("--version", action="version", version=f"batchdeck {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _connection_parser()
+
+    up = sub.add_parser("up", help="start everything on an embedded NATS server (Ctrl-C stops)")
+    _add_server_flags(up)
+    up.add_argument("--headless", action="store_true", help="do not open the dashboard")
+    up.add_argument("--demo", action="store_true", help="seed example tasks and batches")
+    up.add_argument("--runners", type=int, default=2, metavar="N", help="runner processes to start (default 2)")
+    up.add_argument("--org", default=config.default_org(), help="org for --demo (default 'default')")
+
+    server = sub.add_parser("server", help="start only the embedded NATS server (JetStream, provisioned)")
+    _add_server_flags(server)
+
+    broker = sub.add_parser("broker", parents=[common], help="run a control-plane service instance")
+    broker.add_argument("--replicas", type=int, default=1, help="stream replicas when provisioning (3 on a cluster)")
+
+    commands.add_parsers(sub, common)
+    return parser
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, default=config.default_data_dir(),
+                        help=f"where JetStream keeps its data (env {config.ENV_DATA_DIR})")
+    parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if hasattr(args, "org") and not is_valid_org(args.org):
+        parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
+    try:
+        return asyncio.run(_dispatch(args))
+    except ApiError as err:
+        output.errors.print(f"[red]error {err.code}:[/red] {err.message}", highlight=False)
+        return 1
+    except ServerError as err:
+        output.errors.print(f"[red]error:[/red] {err}", highlight=False)
+        return 1
+    except (OSError, asyncio.TimeoutError) as err:
+        url = getattr(args, "nats", "")
+        output.errors.print(f"[red]error:[/red] cannot reach NATS at {url}: {err or type(err).__name__}", highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "up":
+        await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless)
+    elif args.command == "server":
+        await supervisor.run_server(args.data_dir, args.port, args.host)
+    elif args.command == "broker":
+        await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas)
+    else:
+        nc = await _client_connection(args)
+        try:
+            await commands.run(ApiClient(nc, args.org), args)
+        finally:
+            await nc.close()
+    return 0
+
+
+async def _client_connection(args: argparse.Namespace):
+    try:
+        return await connect(_connect_options(args, "batchdeck-cli"))
+    except Exception as err:  # nats-py raises several unrelated types for "cannot connect"
+        if isinstance(err, (ApiError, asyncio.CancelledError)):
+            raise
+        raise OSError(str(err) or type(err).__name__) from err

@@ -1,0 +1,101 @@
+"""Long-running commands: `batchdeck up` (everything on the embedded server),
+`batchdeck server` (the embedded nats-server alone) and `batchdeck broker`.
+
+Each runs until Ctrl-C or SIGTERM, then stops its parts in reverse order: services
+first, so nothing is cut mid-request, the server last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from broker import streams
+from broker.client import ApiClient
+from broker.connect import ConnectOptions, connect
+from broker.server import EmbeddedServer
+from broker.service import ControlPlane
+from batchdeck import demo, output
+
+log = logging.getLogger("batchdeck")
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _report_drift(drift: list[str]) -> None:
+    for line in drift:
+        output.errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
+
+
+async def run_broker(options: ConnectOptions, replicas: int) -> None:
+    """`batchdeck broker`: one control-plane instance against any NATS server."""
+    nc = await connect(options, service=True)
+    plane = ControlPlane(nc, nc.jetstream())
+    try:
+        _report_drift(await plane.start(replicas=replicas))
+        log.info("broker serving bd.*.api.> on %s", options.url)
+        await wait_for_stop_signal()
+    finally:
+        await plane.stop()
+        await nc.drain()
+
+
+async def run_server(data_dir: Path, port: int | None, host: str) -> None:
+    """`batchdeck server`: the embedded nats-server with streams provisioned."""
+    server = EmbeddedServer(data_dir, port=port, host=host)
+    await server.astart()
+    try:
+        nc = await connect(ConnectOptions(url=server.url))
+        _report_drift(await streams.provision(nc.jetstream()))
+        await nc.close()
+        output.console.print(f"NATS server on [bold]{server.url}[/bold] (data in {data_dir})", highlight=False)
+        await wait_for_stop_signal()
+    finally:
+        await server.astop()
+
+
+async def run_up(data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool) -> None:
+    """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
+    server = EmbeddedServer(data_dir, port=port, host=host)
+    await server.astart()
+    nc = plane = None
+    try:
+        nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
+        plane = ControlPlane(nc, nc.jetstream())
+        _report_drift(await plane.start())
+        if seed_demo:
+            created = await demo.seed(ApiClient(nc, org))
+            output.console.print(f"demo: {created} definitions created in org {org!r}", highlight=False)
+        _print_banner(server, data_dir, org, headless)
+        await wait_for_stop_signal()
+        output.console.print("stopping…")
+    finally:
+        if plane is not None:
+            await plane.stop()
+        if nc is not None:
+            await nc.drain()
+        await server.astop()
+
+
+def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bool) -> None:
+    console = output.console
+    console.print(f"batchdeck is up: NATS on [bold]{server.url}[/bold]", highlight=False)
+    console.print(f"  data dir  {data_dir}", highlight=False)
+    console.print(f"  org       {org}", highlight=False)
+    console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
+    if not headless:
+        console.print("  [dim]the terminal dashboard is not part of this build yet; running headless[/dim]")
+    console.print("Ctrl-C stops everything.")
