@@ -170,7 +170,7 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
         _show(args, await api.call(kind, "get", {"id": args.id}))
     elif verb == "create":
         fields = _task_fields(args) if kind == "task" else _batch_fields(args)
-        body = _body(args, fields)
+        body = _body(args, {**fields, **_given(args, "id")})
         if kind == "batch":
             body.setdefault("is_enabled", True)
             body.setdefault("run_on_startup", False)
@@ -251,6 +251,7 @@ def _add_crud(verbs: argparse._SubParsersAction, kind: str, common: argparse.Arg
     add_flags = _add_task_flags if kind == "task" else _add_batch_flags
     create = verbs.add_parser("create", parents=[common], help=f"create a {kind} from flags or -f FILE")
     create.add_argument("-f", "--file", help="a JSON or TOML definition (- for JSON on stdin); flags override it")
+    create.add_argument("--id", help="the id to give it (default: a new ULID)")
     add_flags(create)
     update = verbs.add_parser("update", parents=[common], help=f"change fields of a {kind}")
     update.add_argument("id")

@@ -192,8 +192,8 @@ class Executions:
                 execution = await self.buckets.execs.update(org, execution.id, execution, execution.version)
             except VersionConflict:
                 continue  # a runner moved it meanwhile: look again
+            await self._publish_state(execution)  # watchers see the request at once
             if queued:
-                await self._publish_state(execution)
                 return {"acknowledged": "ok"}
             return await self._forward_cancel(org, execution.id)
         raise Conflict(f"execution {request.id!r} keeps changing; try again")

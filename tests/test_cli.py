@@ -1,0 +1,183 @@
+"""The `batchdeck` command as a user runs it: real subprocesses against a real stack.
+
+Tests that talk to the session's broker are async and wait on their subprocesses
+with asyncio: the broker lives on the test event loop, which must keep running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from broker.server import EmbeddedServer, free_port
+
+BATCHDECK = [sys.executable, "-m", "batchdeck"]
+
+
+def cli(*args: str, url: str, org: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BATCHDECK_NATS_URL": url, "BATCHDECK_ORG": org}
+    return subprocess.run([*BATCHDECK, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def run(nats_server: EmbeddedServer, broker, org: str):
+    """`await run("task", "list")` against the session's stack, in this test's org."""
+
+    async def call(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "BATCHDECK_NATS_URL": nats_server.url, "BATCHDECK_ORG": org}
+        process = await asyncio.create_subprocess_exec(
+            *BATCHDECK, *args, env=env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(stdin.encode() if stdin else None), 60)
+        return subprocess.CompletedProcess(list(args), process.returncode, out.decode(), err.decode())
+
+    return call
+
+
+async def test_task_lifecycle_through_the_cli(run, tmp_path: Path):
+    created = await run("task", "create", "--name", "greet", "--id", "greet", "--param", "who=ops", "--json",
+                  "--", "echo", "hello {{ who }}")
+    assert created.returncode == 0, created.stderr
+    task = json.loads(created.stdout)
+    assert task["command"] == ["echo", "hello {{ who }}"] and task["params"] == {"who": "ops"}
+
+    listed = await run("task", "list")
+    assert listed.returncode == 0 and "greet" in listed.stdout and "echo hello {{ who }}" in listed.stdout
+
+    updated = await run("task", "update", "greet", "--retries", "3", "--json")
+    assert json.loads(updated.stdout)["retries"] == 3
+
+    stale = await run("task", "update", "greet", "--version", "1", "--retries", "4")
+    assert stale.returncode == 1 and "409" in stale.stderr
+
+    started = await run("task", "start", "greet", "--json")
+    execution_id = json.loads(started.stdout)["execution_id"]
+    shown = await run("exec", "get", execution_id, "--json")
+    assert json.loads(shown.stdout)["status"] == "queued"
+    assert (await run("exec", "cancel", execution_id)).returncode == 0
+    assert json.loads((await run("exec", "get", execution_id, "--json")).stdout)["status"] == "canceled"
+
+    deleted = await run("task", "delete", "greet")
+    assert deleted.returncode == 0 and "deleted task greet" in deleted.stdout
+    assert "greet" not in (await run("task", "list")).stdout
+
+
+async def test_batch_from_a_toml_file(run, tmp_path: Path):
+    await run("task", "create", "--name", "step", "--id", "step", "--", "true")
+    definition = tmp_path / "nightly.toml"
+    definition.write_text(
+        'id = "nightly"\nname = "Nightly"\ncron_expression = "0 3 * * *"\ntimezone = "Europe/Berlin"\n'
+        "is_enabled = true\nrun_on_startup = false\n\n[[actions]]\ntask_id = \"step\"\n"
+    )
+    created = await run("batch", "create", "-f", str(definition), "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["next_run_at"]
+
+    refused = await run("batch", "delete", "nightly")
+    assert refused.returncode == 1 and "enabled" in refused.stderr
+
+    disabled = await run("batch", "disable", "nightly", "--json")
+    assert json.loads(disabled.stdout)["next_run_at"] is None
+    assert (await run("batch", "delete", "nightly")).returncode == 0
+
+
+async def test_batch_from_flags_and_json_on_stdin(run):
+    await run("task", "create", "--name", "step", "--id", "step", "--", "true")
+    flags = await run("batch", "create", "--name", "hourly", "--cron", "@hourly", "--task", "step", "--json")
+    assert flags.returncode == 0, flags.stderr
+    batch = json.loads(flags.stdout)
+    assert batch["is_enabled"] is True and batch["run_on_startup"] is False
+    body = json.dumps({"name": "weekdays", "schedule": {"hours": [8], "weekdays": [1, 2, 3, 4, 5]},
+                       "is_enabled": False, "run_on_startup": False, "actions": [{"task_id": "step"}]})
+    piped = await run("batch", "create", "-f", "-", "--json", stdin=body)
+    assert piped.returncode == 0, piped.stderr
+    assert json.loads(piped.stdout)["schedule"]["hours"] == [8]
+
+
+async def test_api_errors_exit_1_with_the_message(run):
+    missing = await run("task", "get", "nope")
+    assert missing.returncode == 1
+    assert "404" in missing.stderr and "nope" in missing.stderr
+    bad_cron = await run("batch", "create", "--name", "x", "--cron", "61 * * * *", "--task", "t")
+    assert bad_cron.returncode == 1 and "cron_expression" in bad_cron.stderr
+
+
+async def test_usage_errors_exit_2(run):
+    assert (await run("task", "frobnicate")).returncode == 2
+    assert (await run("task", "create", "--param", "no-equals-sign", "--name", "x", "--", "true")).returncode == 2
+    assert (await run("task", "list", "--org", "Not Valid")).returncode == 2
+
+
+def test_unreachable_server_exits_1_quickly(org):
+    started = time.monotonic()
+    result = cli("task", "list", url=f"nats://127.0.0.1:{free_port()}", org=org)
+    assert result.returncode == 1
+    assert "cannot reach NATS" in result.stderr
+    assert time.monotonic() - started < 20
+
+
+def _start_up(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*BATCHDECK, "up", "--headless", "--data-dir", str(data_dir), "--port", str(port), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for_api(up: subprocess.Popen[str], url: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """Wait for the banner `up` prints once everything is started, then list tasks."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while "batchdeck is up" not in seen and time.monotonic() < deadline and up.poll() is None:
+        ready, _, _ = select.select([up.stdout], [], [], 0.2)
+        if ready:
+            seen += up.stdout.readline()
+    return cli("task", "list", "--json", url=url, org="default")
+
+
+def _stop(process: subprocess.Popen[str]) -> tuple[int, str]:
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=30)
+    return process.returncode, out
+
+
+def test_up_answers_the_api_and_keeps_definitions_across_a_restart(tmp_path: Path):
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    up = _start_up(tmp_path, port, "--demo")
+    try:
+        ready = _wait_for_api(up, url)
+        assert ready.returncode == 0, ready.stderr
+        names = {t["id"] for t in json.loads(ready.stdout)["items"]}
+        assert {"demo-hello", "demo-count", "demo-disk"} <= names
+        batches = json.loads(cli("batch", "list", "--json", url=url, org="default").stdout)["items"]
+        assert {b["id"] for b in batches} >= {"demo-every-minute", "demo-nightly", "demo-workdays"}
+        created = cli("task", "create", "--name", "mine", "--id", "mine", "--", "true", url=url, org="default")
+        assert created.returncode == 0, created.stderr
+    finally:
+        code, out = _stop(up)
+    assert code == 0
+    assert url in out  # it told the user where NATS is
+
+    again = _start_up(tmp_path, port, "--demo")  # --demo again must not duplicate or fail
+    try:
+        ready = _wait_for_api(again, url)
+        assert ready.returncode == 0, ready.stderr
+        ids = [t["id"] for t in json.loads(ready.stdout)["items"]]
+        assert "mine" in ids and ids.count("demo-hello") == 1
+    finally:
+        code, _ = _stop(again)
+    assert code == 0
+    with pytest.raises(OSError):  # the embedded server went down with it
+        import socket
+
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
