@@ -138,18 +138,24 @@ class Executions:
         except VersionConflict:
             # A redelivered trigger raced its first delivery: that one owns the run.
             return await self.buckets.execs.get(org, execution.id) or execution
-        try:
-            await self.js.publish(
+        # The run and the `queued` event go out together (one round trip, not two);
+        # readers order state events by `version`, so a runner's later event wins.
+        enqueued, announced = await asyncio.gather(
+            self.js.publish(
                 subjects.run(org, execution.pool),
                 codec.encode(command),
                 headers={"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"},
-            )
-        except Exception as err:
-            execution.status, execution.error, execution.finished_at = "lost", f"could not enqueue: {err}", now_iso()
-            await self.buckets.execs.put(org, execution.id, execution)
+            ),
+            self._publish_state(execution),
+            return_exceptions=True,
+        )
+        if isinstance(enqueued, BaseException):
+            execution.status, execution.error, execution.finished_at = "lost", f"could not enqueue: {enqueued}", now_iso()
+            execution = await self.buckets.execs.put(org, execution.id, execution)
             await self._publish_state(execution)
-            raise Unavailable(f"could not enqueue the run: {err}") from err
-        await self._publish_state(execution)
+            raise Unavailable(f"could not enqueue the run: {enqueued}") from enqueued
+        if isinstance(announced, BaseException):
+            log.warning("execution %s queued, but its state event was not published: %s", execution.id, announced)
         return execution
 
     async def _publish_state(self, execution: Execution) -> None:
