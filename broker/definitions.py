@@ -7,6 +7,7 @@ also published as `bd.{org}.evt.def.{kind}.{id}`.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -122,8 +123,10 @@ class Definitions:
 
     async def list_tasks(self, org: str, body: bytes) -> Page:
         request = codec.decode_request(body, ListRequest)
-        tasks = await self.buckets.tasks.scan(org)
-        runtimes = dict(await self.buckets.task_state.scan_items(org))
+        tasks, runtime_items = await asyncio.gather(
+            self.buckets.tasks.scan(org), self.buckets.task_state.scan_items(org)
+        )
+        runtimes = dict(runtime_items)
         if not request.include_deleted:
             tasks = [t for t in tasks if t.deleted_at is None]
         merged = [_merge_runtime(t, runtimes.get(t.id)) for t in tasks]

@@ -103,10 +103,10 @@ class Executions:
         batch = await self.definitions.load_batch(org, trigger.batch_id)
         if not batch.is_enabled and not manual:
             raise Conflict(f"batch {batch.id!r} is disabled; triggers are ignored until it is enabled")
-        tasks = [await self.definitions.load_task(org, action.task_id) for action in batch.actions]
+        tasks = await asyncio.gather(*(self.definitions.load_task(org, a.task_id) for a in batch.actions))
         snapshots = [
             msgspec.structs.replace(task, params={**task.params, **action.params}, state={})
-            for task, action in zip(tasks, batch.actions)
+            for task, action in zip(tasks, batch.actions, strict=True)
         ]
         execution = Execution(
             id=execution_id,
