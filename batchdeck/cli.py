@@ -65,6 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     broker = sub.add_parser("broker", parents=[common], help="run a control-plane service instance")
     broker.add_argument("--replicas", type=int, default=1, help="stream replicas when provisioning (3 on a cluster)")
 
+    runner = sub.add_parser("runner", parents=[common], help="run a runner: claims and executes runs of its pools")
+    runner.add_argument("--pool", action="append", dest="pools", metavar="NAME", help="a pool to serve; repeat (default: default)")
+    runner.add_argument("--concurrency", type=int, default=4, metavar="N", help="runs at once (default 4)")
+    runner.add_argument("--name", help="runner id (default: host-pid-random)")
+    runner.add_argument("--ack-wait", type=float, default=30.0, metavar="SECONDS",
+                        help="how long a run stays claimed without a heartbeat before another runner takes it")
+    runner.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="SIGTERM to SIGKILL on cancel")
+    runner.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                        help="on shutdown, how long running work may finish before it is handed back")
+
     commands.add_parsers(sub, common)
     return parser
 
@@ -104,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
-        await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless)
+        await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless, args.runners)
     elif args.command == "server":
         await supervisor.run_server(args.data_dir, args.port, args.host)
     elif args.command == "broker":
         await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas)
+    elif args.command == "runner":
+        if args.concurrency < 1:
+            raise SystemExit(commands._usage("--concurrency must be at least 1"))
+        await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     else:
         nc = await _client_connection(args)
         try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 from broker import streams
@@ -18,6 +20,7 @@ from broker.connect import ConnectOptions, connect
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from batchdeck import demo, output
+from runner.service import RunnerService
 
 log = logging.getLogger("batchdeck")
 
@@ -53,6 +56,47 @@ async def run_broker(options: ConnectOptions, replicas: int) -> None:
         await nc.drain()
 
 
+async def run_runner(options: ConnectOptions, args) -> None:
+    """`batchdeck runner`: claim and execute runs until SIGTERM, then drain."""
+    nc = await connect(options, service=True)
+    runner = RunnerService(
+        nc, org=args.org, pools=args.pools, concurrency=args.concurrency, name=args.name, ack_wait=args.ack_wait,
+        grace=args.grace, drain_timeout=args.drain_timeout,
+    )
+    try:
+        await runner.start()
+        await wait_for_stop_signal()
+    finally:
+        await runner.stop()
+        await nc.drain()
+
+
+def start_runner_processes(url: str, org: str, count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` runner processes (their logs go to our stderr)."""
+    return [
+        subprocess.Popen([sys.executable, "-m", "batchdeck", "runner", "--nats", url, "--org", org],
+                         stdin=subprocess.DEVNULL)
+        for _ in range(count)
+    ]
+
+
+async def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 40.0) -> None:
+    """SIGTERM each, wait (runners drain their work), SIGKILL what is left."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+
+    def wait_all() -> None:
+        for process in processes:
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    await asyncio.to_thread(wait_all)
+
+
 async def run_server(data_dir: Path, port: int | None, host: str) -> None:
     """`batchdeck server`: the embedded nats-server with streams provisioned."""
     server = EmbeddedServer(data_dir, port=port, host=host)
@@ -67,22 +111,27 @@ async def run_server(data_dir: Path, port: int | None, host: str) -> None:
         await server.astop()
 
 
-async def run_up(data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool) -> None:
+async def run_up(
+    data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int
+) -> None:
     """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
     server = EmbeddedServer(data_dir, port=port, host=host)
     await server.astart()
     nc = plane = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
         plane = ControlPlane(nc, nc.jetstream())
         _report_drift(await plane.start())
+        workers = start_runner_processes(server.url, org, runners)
         if seed_demo:
             created = await demo.seed(ApiClient(nc, org))
             output.console.print(f"demo: {created} definitions created in org {org!r}", highlight=False)
-        _print_banner(server, data_dir, org, headless)
+        _print_banner(server, data_dir, org, headless, runners)
         await wait_for_stop_signal()
         output.console.print("stopping…")
     finally:
+        await stop_processes(workers)
         if plane is not None:
             await plane.stop()
         if nc is not None:
@@ -90,11 +139,12 @@ async def run_up(data_dir: Path, port: int | None, host: str, org: str, seed_dem
         await server.astop()
 
 
-def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bool) -> None:
+def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bool, runners: int) -> None:
     console = output.console
     console.print(f"batchdeck is up: NATS on [bold]{server.url}[/bold]", highlight=False)
     console.print(f"  data dir  {data_dir}", highlight=False)
     console.print(f"  org       {org}", highlight=False)
+    console.print(f"  runners   {runners} (pool 'default')", highlight=False)
     console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
     if not headless:
         console.print("  [dim]the terminal dashboard is not part of this build yet; running headless[/dim]")

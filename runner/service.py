@@ -1,0 +1,276 @@
+"""The runner process: claims runs of its org's pools from BD_RUNS, executes them up
+to its concurrency, answers cancels for what it holds, heartbeats into bd_runners.
+
+Claiming: one durable pull consumer per (org, pool), `runner_{org}_{pool}`, filtered on
+`bd.{org}.run.{pool}` (a WorkQueue stream refuses overlapping consumers, so every runner
+of a pool shares the one consumer). A runner serves one org: its commands run on this
+machine, and one tenant's runner must never take another tenant's work.
+
+A claimed message is acked only once the execution's final state is stored and
+published; `in_progress()` keeps it claimed while actions run. A runner that dies leaves
+it unacked: JetStream redelivers it after `ack_wait` to another runner, which runs it
+again as the next attempt, or ends it `lost` when the task's retries are spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import BadRequestError
+
+from broker import __version__, codec, ids, streams, subjects
+from broker.buckets import open_buckets
+from broker.timestamps import now_iso
+from broker.types import RunCommand, Runner
+from runner.events import EventStream
+from runner.execution import ActiveRun, Outcome, RunEnvironment, RunExecutor, deadline_passed
+from runner.modules import load_modules
+
+log = logging.getLogger("batchdeck.runner")
+
+HEARTBEAT_SECONDS = 5.0
+DEFAULT_ACK_WAIT = 30.0
+DEFAULT_GRACE = 10.0
+DEFAULT_DRAIN = 30.0
+
+
+def consumer_name(org: str, pool: str) -> str:
+    return f"runner_{org}_{pool}"
+
+
+class RunnerService:
+    def __init__(
+        self,
+        nc: Client,
+        org: str = subjects.DEFAULT_ORG,
+        pools: list[str] | None = None,
+        concurrency: int = 4,
+        name: str | None = None,
+        ack_wait: float = DEFAULT_ACK_WAIT,
+        grace: float = DEFAULT_GRACE,
+        drain_timeout: float = DEFAULT_DRAIN,
+    ) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.org = org
+        self.pools = pools or ["default"]
+        self.concurrency = concurrency
+        self.id = name or f"{socket.gethostname()}-{os.getpid()}-{ids.new_id()[-4:].lower()}"
+        self.ack_wait = ack_wait
+        self.grace = grace
+        self.drain_timeout = drain_timeout
+        self.active: dict[str, ActiveRun] = {}
+        self.started_at = now_iso()
+        self._reserved = 0
+        self._room = asyncio.Event()
+        self._claiming = True
+        self._loops: list[asyncio.Task[None]] = []
+        self._runs: set[asyncio.Task[None]] = set()
+        self._subs: list[Any] = []
+
+    # ---- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await streams.provision(self.js)
+        self.buckets = await open_buckets(self.js)
+        self.modules = load_modules()
+        self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace)
+        self._subs.append(await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel))
+        await self._heartbeat()
+        self._loops.append(asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat"))
+        for pool in self.pools:
+            self._loops.append(asyncio.create_task(self._claim_forever(pool), name=f"runner-claim-{pool}"))
+        log.info("runner %s serving org %s pools %s (concurrency %d, modules %s)", self.id, self.org,
+                 ",".join(self.pools), self.concurrency, ",".join(sorted(self.modules)) or "none")
+
+    async def stop(self) -> None:
+        """Stop claiming; let running work finish within the drain timeout; hand the rest
+        back so another runner takes it."""
+        self._claiming = False
+        if self._runs:
+            log.info("runner %s draining %d run(s) for up to %g s", self.id, len(self._runs), self.drain_timeout)
+            _, still_running = await asyncio.wait(set(self._runs), timeout=self.drain_timeout)
+            for run in self.active.values():
+                run.handback = True
+                run.cancel.set()
+            if still_running:
+                await asyncio.wait(still_running)
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        for sub in self._subs:
+            await sub.unsubscribe()
+        try:
+            await self.buckets.runners.kv.delete(subjects.kv_key(self.org, self.id))
+        except Exception as err:  # the heartbeat TTL removes it anyway
+            log.debug("could not remove the heartbeat: %s", err)
+
+    # ---- claiming ----------------------------------------------------------------
+
+    async def _subscription(self, pool: str) -> Any:
+        name = consumer_name(self.org, pool)
+        config = ConsumerConfig(
+            durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
+            filter_subject=subjects.run(self.org, pool), max_ack_pending=10_000,
+        )
+        try:
+            await self.js.add_consumer(streams.RUNS, config)
+        except BadRequestError as err:
+            # It exists with other settings (another runner chose another ack_wait): share it.
+            log.info("consumer %s exists with other settings (%s); using it as it is", name, err.description)
+        return await self.js.pull_subscribe_bind(durable=name, stream=streams.RUNS)
+
+    async def _claim_forever(self, pool: str) -> None:
+        while self._claiming:
+            try:
+                sub = await self._subscription(pool)
+                self._subs.append(sub)
+                while self._claiming:
+                    free = self.concurrency - len(self._runs) - self._reserved
+                    if free <= 0:
+                        self._room.clear()
+                        await self._room.wait()
+                        continue
+                    self._reserved += free  # pools share the concurrency: claim no more than fits
+                    try:
+                        messages = await sub.fetch(free, timeout=1.0)
+                    except (NatsTimeout, asyncio.TimeoutError):
+                        messages = []
+                    finally:
+                        self._reserved -= free
+                    for msg in messages:
+                        task = asyncio.create_task(self._handle(msg))
+                        self._runs.add(task)
+                        task.add_done_callback(self._run_done)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # server restart, consumer gone: re-create it
+                log.warning("claiming on pool %s: %r; retrying", pool, err)
+                await asyncio.sleep(1.0)
+
+    def _run_done(self, task: asyncio.Task[None]) -> None:
+        self._runs.discard(task)
+        self._room.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run crashed: %r", task.exception())
+
+    # ---- one run -----------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            command = codec.decode(msg.data, RunCommand)
+        except Exception as err:  # a body no runner can read: drop it for good
+            log.error("unreadable run command on %s: %s", msg.subject, err)
+            await msg.term()
+            return
+        execution = await self.buckets.execs.get(command.org, command.execution_id)
+        if execution is None:
+            log.warning("run of unknown execution %s (expired from bd_execs?); dropped", command.execution_id)
+            await msg.ack()
+            return
+        run = ActiveRun(command, execution)
+        events = EventStream(self.js, command.org, execution.id, execution.trace)
+        executor = RunExecutor(self.env, run, events)
+        keepalive = asyncio.create_task(self._keep_claimed(msg))
+        self.active[execution.id] = run
+        try:
+            await events.start()
+            if await self._ends_before_start(executor, command):
+                await msg.ack()
+                return
+            await executor.execute()
+            if run.handback:
+                await msg.nak()
+            else:
+                await msg.ack()
+        finally:
+            self.active.pop(execution.id, None)
+            keepalive.cancel()
+            await events.close()
+
+    async def _ends_before_start(self, executor: RunExecutor, command: RunCommand) -> bool:
+        """Settle runs that must not start: already final, cancelled while queued, past
+        their deadline, or redelivered after their runner died with no retries left."""
+        execution = executor.execution
+        if execution.is_final:
+            return True  # finished before a crash lost its ack, or cancelled while queued
+        if execution.cancel_requested:
+            await self._end(executor, "canceled", "canceled before it started")
+            return True
+        if deadline_passed(command.deadline):
+            await self._end(executor, "timed_out", f"its deadline {command.deadline} passed before it started")
+            return True
+        if execution.status == "running":
+            # Redelivered while marked running: the runner that held it stopped answering.
+            allowed = 1 + max(task.retries for task in command.tasks)
+            previous = execution.runner_id
+            if execution.attempt >= allowed:
+                await self._end(executor, "lost", f"runner {previous} stopped during attempt {execution.attempt}; "
+                                                  "no retries left")
+                return True
+            execution.attempt += 1
+            await executor._runner_line(f"runner {previous} stopped during attempt {execution.attempt - 1}; "
+                                        f"running attempt {execution.attempt}", "warning")
+        return False
+
+    async def _end(self, executor: RunExecutor, status: str, error: str) -> None:
+        execution = executor.execution
+        for action in execution.actions:
+            if action.status in ("queued", "running"):
+                action.status = "canceled" if status == "canceled" else status  # type: ignore[assignment]
+        await executor._finish(Outcome(status, error=error))
+
+    async def _keep_claimed(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(max(self.ack_wait / 3, 0.2))
+            try:
+                await msg.in_progress()
+            except Exception as err:  # a lost connection: redelivery is the fallback
+                log.warning("could not extend the claim on %s: %s", msg.subject, err)
+
+    # ---- cancel ------------------------------------------------------------------
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        execution_id = msg.subject.split(".")[-2]
+        run = self.active.get(execution_id)
+        if run is None:
+            return  # not ours: the runner holding it answers
+        if not run.execution.cancellable:
+            error = {"error": {"code": 409, "message": f"execution {execution_id!r} runs a task that is not cancellable",
+                               "details": {"cancellable": False}}}
+            await msg.respond(codec.encode(error), headers={"Nats-Service-Error-Code": "409",
+                                                             "Nats-Service-Error": "not cancellable"})
+            return
+        run.execution.cancel_requested = True
+        run.cancel.set()
+        await msg.respond(codec.encode({"acknowledged": "ok", "runner_id": self.id}))
+
+    # ---- registry ----------------------------------------------------------------
+
+    def describe(self) -> Runner:
+        return Runner(
+            id=self.id, org=self.org, host=socket.gethostname(), pid=os.getpid(), pools=self.pools,
+            concurrency=self.concurrency, running=sorted(self.active), modules=[m.info() for m in self.modules.values()],
+            version=__version__, started_at=self.started_at, heartbeat_at=now_iso(),
+        )
+
+    async def _heartbeat(self) -> None:
+        await self.buckets.runners.put(self.org, self.id, self.describe())
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self._heartbeat()
+            except Exception as err:
+                log.warning("heartbeat failed: %s", err)
+
