@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,6 +19,7 @@ from nats.js import JetStreamContext
 from broker import codec, ids, schedule, subjects
 from broker.buckets import Buckets
 from broker.errors import BadRequest, Conflict, NotFound
+from broker.module_params import validate_params
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
 from broker.timestamps import now_iso, to_iso
@@ -32,6 +34,7 @@ from broker.types import (
     DefinitionEvent,
     GetRequest,
     ListRequest,
+    ModuleInfo,
     Page,
     Task,
     TaskDeleteRequest,
@@ -79,10 +82,30 @@ def next_run_at(batch: Batch, after: datetime | None = None) -> str | None:
         return None
 
 
+async def _no_modules(org: str) -> list[ModuleInfo]:
+    return []
+
+
 class Definitions:
     def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
         self.js = js
         self.buckets = buckets
+        # The modules live runners advertise (set by the service; none by default).
+        self.module_catalog: Callable[[str], Awaitable[list[ModuleInfo]]] = _no_modules
+
+    async def _check_module(self, org: str, spec: TaskSpec) -> None:
+        """A module task's params must fit the module's schema, when a live runner
+        advertises the module (an unknown module is accepted: its runner may come later)."""
+        if spec.kind != "module":
+            return
+        for info in await self.module_catalog(org):
+            if info.name == spec.module:
+                try:
+                    validate_params(info.params, spec.params)
+                except ValueError as err:
+                    raise BadRequest(f"params do not fit module {spec.module!r}: {err}",
+                                     {"module": spec.module}) from None
+                return
 
     # ---- shared ------------------------------------------------------------------
 
@@ -108,6 +131,7 @@ class Definitions:
 
     async def create_task(self, org: str, body: bytes) -> Task:
         spec = codec.decode_request(body, TaskSpec)
+        await self._check_module(org, spec)
         now = now_iso()
         task = Task(**{**_spec_values(spec), "id": spec.id or ids.new_id()}, created_at=now, updated_at=now)
         try:
@@ -138,6 +162,7 @@ class Definitions:
         _check_version(current.version, version, "task", task_id)
         merged = {**_spec_fields(current, TaskSpec), **changes, "id": task_id}
         spec = codec.convert(merged, TaskSpec)
+        await self._check_module(org, spec)
         task = Task(**{**_spec_values(spec), "id": task_id}, created_at=current.created_at, updated_at=now_iso())
         try:
             task = await self.buckets.tasks.update(org, task_id, task, current.version)

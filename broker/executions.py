@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
@@ -27,8 +28,9 @@ from broker.client import reply_error
 from broker.errors import Conflict, NotFound, Unavailable
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
-from broker.timestamps import now_iso
+from broker.timestamps import now_iso, parse_iso
 from broker.types import (
+    RUNNER_ALIVE_SECONDS,
     ActionState,
     Batch,
     BatchStartRequest,
@@ -37,8 +39,10 @@ from broker.types import (
     Execution,
     GetRequest,
     ListRequest,
+    ModuleInfo,
     Page,
     RunCommand,
+    Runner,
     TaskStartRequest,
     Trigger,
 )
@@ -218,18 +222,40 @@ class Executions:
 
     # ---- runners and modules -----------------------------------------------------
 
+    async def live_runners(self, org: str) -> list[Runner]:
+        """Every runner of the org with `alive` computed from its last heartbeat."""
+        now = datetime.now(timezone.utc)
+        runners = await self.buckets.runners.scan(org)
+        for runner in runners:
+            beat = parse_iso(runner.heartbeat_at) if runner.heartbeat_at else None
+            runner.alive = beat is not None and (now - beat).total_seconds() <= RUNNER_ALIVE_SECONDS
+        return runners
+
     async def runners(self, org: str, body: bytes) -> dict[str, Any]:
         codec.decode_request(body, EmptyRequest)
-        return {"items": await self.buckets.runners.scan(org)}
+        return {"items": sorted(await self.live_runners(org), key=lambda r: r.id)}
 
     async def modules(self, org: str, body: bytes) -> dict[str, Any]:
         """The modules that live runners of this org advertise (union by name)."""
         codec.decode_request(body, EmptyRequest)
-        by_name = {}
-        for runner in await self.buckets.runners.scan(org):
-            for module in runner.modules:
-                by_name.setdefault(module.name, module)
-        return {"modules": [by_name[name] for name in sorted(by_name)]}
+        return {"modules": await self.module_catalog(org)}
+
+    async def module_catalog(self, org: str) -> list[ModuleInfo]:
+        by_name: dict[str, ModuleInfo] = {}
+        for runner in await self.live_runners(org):
+            if runner.alive:
+                for module in runner.modules:
+                    by_name.setdefault(module.name, module)
+        return [by_name[name] for name in sorted(by_name)]
+
+    async def devices(self, org: str, body: bytes) -> dict[str, Any]:
+        """Runners eligible to run the batch now: alive and serving its pool. (Runners
+        that ran it in the past come from the store's history.)"""
+        request = codec.decode_request(body, GetRequest)
+        batch = await self.definitions.load_batch(org, request.id, live=False)
+        pool = batch.pool or (await self.definitions.load_task(org, batch.actions[0].task_id, live=False)).pool
+        eligible = [r.id for r in await self.live_runners(org) if r.alive and pool in r.pools]
+        return {"items": sorted(eligible), "pool": pool}
 
 
 def _check_cancellable(execution: Execution) -> None:

@@ -55,6 +55,7 @@ class ControlPlane:
         buckets = await open_buckets(self.js)
         self.definitions = Definitions(self.js, buckets)
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)
+        self.definitions.module_catalog = self.executions.module_catalog
         self.service = await add_service(
             self.nc, name=subjects.SERVICE_NAME, version=__version__,
             description="batchdeck control plane: tasks, batches, executions",
@@ -84,6 +85,7 @@ class ControlPlane:
             ("batch", "delete"): d.delete_batch,
             ("batch", "status"): d.set_batch_status,
             ("batch", "start"): e.start_batch,
+            ("batch", "devices"): e.devices,
             ("exec", "get"): e.get,
             ("exec", "list"): e.list,
             ("exec", "cancel"): e.cancel,

@@ -351,6 +351,12 @@ class Runner(Struct, kw_only=True):
     version: str = ""
     started_at: Timestamp | None = None
     heartbeat_at: Timestamp | None = None
+    alive: bool = True
+    """Computed on read: a heartbeat within RUNNER_ALIVE_SECONDS."""
+
+
+RUNNER_ALIVE_SECONDS = 15.0
+"""A runner whose last heartbeat is older than this is shown as gone (it beats every 5 s)."""
 
 
 # ---- requests and replies -----------------------------------------------------------

@@ -25,23 +25,16 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from broker.module_params import validate_params
 from broker.types import ModuleInfo, ModuleParam
+
+__all__ = ["Module", "ModuleContext", "Param", "load_modules", "module", "validate_params"]
 
 log = logging.getLogger("batchdeck.runner")
 
 ENTRY_POINT_GROUP = "batchdeck.modules"
 
 Param = ModuleParam
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-}
-
 
 @dataclass
 class ModuleContext:
@@ -96,30 +89,6 @@ def module(name: str, description: str = "", params: list[ModuleParam] | None = 
         return Module(name=name, description=description, params=params or [], handler=handler)
 
     return wrap
-
-
-def validate_params(schema: list[ModuleParam], params: dict[str, Any]) -> dict[str, Any]:
-    """Params with defaults filled in; raise ValueError naming every problem."""
-    problems = []
-    known = {p.name: p for p in schema}
-    for name in params:
-        if name not in known:
-            problems.append(f"unknown parameter {name!r} (known: {', '.join(sorted(known)) or 'none'})")
-    result = dict(params)
-    for spec in schema:
-        if spec.name not in params:
-            if spec.required and spec.default is None:
-                problems.append(f"parameter {spec.name!r} is required")
-            elif spec.default is not None:
-                result[spec.name] = spec.default
-            continue
-        expected = _TYPES.get(spec.type)
-        value = params[spec.name]
-        if expected and (not isinstance(value, expected) or (spec.type != "boolean" and isinstance(value, bool))):
-            problems.append(f"parameter {spec.name!r} must be {spec.type}, got {type(value).__name__}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return result
 
 
 def load_modules() -> dict[str, Module]:

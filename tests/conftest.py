@@ -6,6 +6,8 @@ own, so tests are isolated the way tenants are.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,6 +20,7 @@ from nats.aio.client import Client
 from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
+from runner.service import RunnerService
 
 
 @pytest.fixture(scope="session")
@@ -88,3 +91,147 @@ def make_batch(api: ApiClient, make_task) -> Callable[..., Awaitable[dict[str, A
         return await api.call("batch", "create", body)
 
     return create
+
+
+# ---- runners --------------------------------------------------------------------------
+
+FINAL_STATUSES = frozenset({"succeeded", "failed", "canceled", "timed_out", "lost", "skipped"})
+
+
+class RunnerFactory:
+    """`await runner_factory(**options)` starts an in-process RunnerService for the test's
+    org, on a NATS connection of its own (as a separate runner process would have), with
+    small ack_wait / grace / drain_timeout; `await runner_factory.stop(runner)` stops one
+    early. Every runner still running is stopped at teardown."""
+
+    def __init__(self, url: str, org: str) -> None:
+        self.url = url
+        self.org = org
+        self.running: list[tuple[RunnerService, Client]] = []
+
+    async def __call__(
+        self,
+        *,
+        org: str | None = None,
+        pools: list[str] | None = None,
+        concurrency: int = 4,
+        name: str | None = None,
+        ack_wait: float = 3.0,
+        grace: float = 1.0,
+        drain_timeout: float = 1.0,
+    ) -> RunnerService:
+        client = await nats.connect(self.url, name=f"test-runner-{name or len(self.running)}")
+        runner = RunnerService(
+            client, org=org or self.org, pools=pools, concurrency=concurrency, name=name, ack_wait=ack_wait,
+            grace=grace, drain_timeout=drain_timeout,
+        )
+        try:
+            await runner.start()
+        except BaseException:
+            await client.close()
+            raise
+        self.running.append((runner, client))
+        return runner
+
+    async def stop(self, runner: RunnerService) -> None:
+        """Stop one runner the way SIGTERM does (drain, then hand back), and disconnect it."""
+        for entry in list(self.running):
+            if entry[0] is runner:
+                self.running.remove(entry)
+                try:
+                    await runner.stop()
+                finally:
+                    await entry[1].close()
+
+    async def stop_all(self) -> None:
+        while self.running:
+            await self.stop(self.running[-1][0])
+
+
+@pytest_asyncio.fixture
+async def runner_factory(nats_server: EmbeddedServer, broker: ControlPlane, nc: Client, org: str):
+    factory = RunnerFactory(nats_server.url, org)
+    yield factory
+    await factory.stop_all()
+    # The org's claiming consumers are of no use to any later test.
+    js = nc.jetstream()
+    try:
+        for info in await js.consumers_info("BD_RUNS"):
+            if info.name.startswith(f"runner_{org}_"):
+                await js.delete_consumer("BD_RUNS", info.name)
+    except Exception:  # best effort: a left-over consumer harms no other org
+        pass
+
+
+@pytest.fixture
+def wait_exec(api: ApiClient) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """`await wait_exec(execution_id, statuses=FINAL, timeout=20)` polls exec.get until the
+    execution's status is one of `statuses` and returns it; fails the test (showing the
+    last state seen) when the deadline passes."""
+
+    async def wait(execution_id: str, statuses: Any = FINAL_STATUSES, timeout: float = 20.0,
+                   interval: float = 0.05) -> dict[str, Any]:
+        wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            execution = await api.call("exec", "get", {"id": execution_id})
+            if execution["status"] in wanted:
+                return execution
+            if loop.time() > deadline:
+                pytest.fail(f"execution {execution_id} not {sorted(wanted)} within {timeout:g} s; "
+                            f"last seen: {execution}")
+            await asyncio.sleep(interval)
+
+    return wait
+
+
+@pytest.fixture
+def start_task(api: ApiClient) -> Callable[..., Awaitable[str]]:
+    """`await start_task(task_id, **body)` starts a task and returns the execution id."""
+
+    async def start(task_id: str, **body: Any) -> str:
+        reply = await api.call("task", "start", {"id": task_id, **body})
+        return reply["execution_id"]
+
+    return start
+
+
+class ExecEvent:
+    """One BD_EVENTS message of an execution."""
+
+    def __init__(self, msg: Any) -> None:
+        self.subject: str = msg.subject
+        self.kind: str = msg.subject.rsplit(".", 1)[-1]
+        self.headers: dict[str, str] = dict(msg.headers or {})
+        self.seq: int = msg.metadata.sequence.stream
+        self.data: dict[str, Any] = json.loads(msg.data)
+
+    def __repr__(self) -> str:
+        return f"ExecEvent({self.kind} #{self.seq} {self.data!r:.200})"
+
+
+@pytest.fixture
+def exec_events(nc: Client, org: str) -> Callable[..., Awaitable[list[ExecEvent]]]:
+    """`await exec_events(execution_id, kind="*")`: every event the stream holds for the
+    execution (`state`, `log`, `progress` or `*`), in stream order, read with an ordered
+    consumer (nothing is consumed for anyone else)."""
+
+    async def read(execution_id: str, kind: str = "*", org_: str | None = None,
+                   timeout: float = 10.0) -> list[ExecEvent]:
+        subject = f"bd.{org_ or org}.evt.exec.{execution_id}.{kind}"
+        js = nc.jetstream()
+        info = await js.stream_info("BD_EVENTS", subjects_filter=subject)
+        expected = sum((info.state.subjects or {}).values())
+        events: list[ExecEvent] = []
+        if expected == 0:
+            return events
+        sub = await js.subscribe(subject, ordered_consumer=True, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        try:
+            while len(events) < expected:
+                events.append(ExecEvent(await sub.next_msg(timeout=timeout)))
+        finally:
+            await sub.unsubscribe()
+        return events
+
+    return read

@@ -134,13 +134,15 @@ def _start_up(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
 
 
 def _wait_for_api(up: subprocess.Popen[str], url: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    """Wait for the banner `up` prints once everything is started, then list tasks."""
+    """Wait for the banner `up` prints once everything is started (it must name the
+    NATS URL), then list tasks."""
     deadline = time.monotonic() + timeout
     seen = ""
     while "batchdeck is up" not in seen and time.monotonic() < deadline and up.poll() is None:
         ready, _, _ = select.select([up.stdout], [], [], 0.2)
         if ready:
             seen += up.stdout.readline()
+    assert url in seen, seen
     return cli("task", "list", "--json", url=url, org="default")
 
 
@@ -163,10 +165,20 @@ def test_up_answers_the_api_and_keeps_definitions_across_a_restart(tmp_path: Pat
         assert {b["id"] for b in batches} >= {"demo-every-minute", "demo-nightly", "demo-workdays"}
         created = cli("task", "create", "--name", "mine", "--id", "mine", "--", "true", url=url, org="default")
         assert created.returncode == 0, created.stderr
+        # its runners execute work: the demo task runs to success
+        started = cli("task", "start", "demo-hello", "--json", url=url, org="default")
+        execution_id = json.loads(started.stdout)["execution_id"]
+        deadline = time.monotonic() + 30
+        while True:
+            shown = json.loads(cli("exec", "get", execution_id, "--json", url=url, org="default").stdout)
+            if shown["status"] not in ("queued", "running") or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert shown["status"] == "succeeded", shown
+        assert shown["runner_id"]
     finally:
-        code, out = _stop(up)
+        code, _ = _stop(up)
     assert code == 0
-    assert url in out  # it told the user where NATS is
 
     again = _start_up(tmp_path, port, "--demo")  # --demo again must not duplicate or fail
     try:
