@@ -33,6 +33,10 @@ PROGRESS_SAVE_INTERVAL = 1.0
 """Seconds between writes of progress to bd_execs (progress events go out at once)."""
 
 
+class FinishedElsewhere(Exception):
+    """The execution became final under us (the broker cancelled it while queued)."""
+
+
 @dataclass
 class Outcome:
     status: str  # an ExecutionStatus
@@ -90,6 +94,10 @@ class RunExecutor:
                     log.warning("execution %s vanished from bd_execs; writing it again", self.execution.id)
                     self.run.execution = await self.env.buckets.execs.put(self.org, self.execution.id, self.execution)
                     break
+                if stored.is_final and not self.execution.is_final:
+                    self.run.execution = stored
+                    self.run.cancel.set()
+                    raise FinishedElsewhere(stored.status) from None
                 if stored.cancel_requested and not self.execution.cancel_requested:
                     self.execution.cancel_requested = True
                     self.run.cancel.set()
@@ -108,7 +116,10 @@ class RunExecutor:
         execution.status, execution.runner_id = "running", self.env.runner_id
         execution.started_at = execution.started_at or now_iso()
         execution.error = None
-        await self.save()
+        try:
+            await self.save()
+        except FinishedElsewhere:
+            return  # cancelled while we claimed it: nothing ran, nothing to report
         await self._runner_line(f"attempt {execution.attempt} started on runner {self.env.runner_id}")
         final = await self._run_actions()
         if self.run.handback:

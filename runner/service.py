@@ -32,7 +32,7 @@ from broker.buckets import open_buckets
 from broker.timestamps import now_iso
 from broker.types import RunCommand, Runner
 from runner.events import EventStream
-from runner.execution import ActiveRun, Outcome, RunEnvironment, RunExecutor, deadline_passed
+from runner.execution import ActiveRun, FinishedElsewhere, Outcome, RunEnvironment, RunExecutor, deadline_passed
 from runner.modules import load_modules
 
 log = logging.getLogger("batchdeck.runner")
@@ -187,7 +187,10 @@ class RunnerService:
             if await self._ends_before_start(executor, command):
                 await msg.ack()
                 return
-            await executor.execute()
+            try:
+                await executor.execute()
+            except FinishedElsewhere as err:
+                log.warning("execution %s was ended elsewhere (%s) while this runner held it", execution.id, err)
             if run.handback:
                 await msg.nak()
             else:
