@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--headless", action="store_true", help="do not open the dashboard")
     up.add_argument("--demo", action="store_true", help="seed example tasks and batches")
     up.add_argument("--runners", type=int, default=2, metavar="N", help="runner processes to start (default 2)")
-    up.add_argument("--org", default=config.default_org(), help="org for --demo (default 'default')")
+    up.add_argument("--org", default=config.default_org(), help="org of the runners and --demo (default 'default')")
 
     server = sub.add_parser("server", help="start only the embedded NATS server (JetStream, provisioned)")
     _add_server_flags(server)

@@ -12,6 +12,7 @@ import logging
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from broker import streams
@@ -26,16 +27,13 @@ log = logging.getLogger("batchdeck")
 
 
 async def wait_for_stop_signal() -> None:
-    """Return on SIGINT or SIGTERM."""
+    """Return on SIGINT or SIGTERM. The handlers stay installed, so a second signal
+    during the orderly shutdown that follows does not cut it short."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    await stop.wait()
 
 
 def _report_drift(drift: list[str]) -> None:
@@ -73,23 +71,31 @@ async def run_runner(options: ConnectOptions, args) -> None:
 
 def start_runner_processes(url: str, org: str, count: int) -> list[subprocess.Popen[bytes]]:
     """`count` runner processes (their logs go to our stderr)."""
+    # Own sessions: a Ctrl-C in the terminal reaches `up` only, which then stops the
+    # runners in order (drain, hand back) instead of them dying mid-drain.
     return [
         subprocess.Popen([sys.executable, "-m", "batchdeck", "runner", "--nats", url, "--org", org],
-                         stdin=subprocess.DEVNULL)
+                         stdin=subprocess.DEVNULL, start_new_session=True)
         for _ in range(count)
     ]
 
 
-async def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 40.0) -> None:
-    """SIGTERM each, wait (runners drain their work), SIGKILL what is left."""
+RUNNER_STOP_TIMEOUT = 60.0
+"""Seconds runners get to stop: their drain (30 s) and cancel grace (10 s), with room."""
+
+
+async def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = RUNNER_STOP_TIMEOUT) -> None:
+    """SIGTERM each, wait for all of them together (runners drain their work), SIGKILL
+    what is left when the time is up."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
 
     def wait_all() -> None:
+        deadline = time.monotonic() + timeout
         for process in processes:
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -8,13 +8,14 @@ from nats.js import JetStreamContext
 
 from broker import streams
 from broker.records import Records
-from broker.types import Batch, Execution, Runner, Task, TaskRuntime
+from broker.types import Batch, Execution, Runner, Task, TaskRuntime, TaskStarts
 
 
 @dataclass
 class Buckets:
     tasks: Records[Task]
     task_state: Records[TaskRuntime]
+    task_starts: Records[TaskStarts]
     batches: Records[Batch]
     execs: Records[Execution]
     runners: Records[Runner]
@@ -25,6 +26,7 @@ async def open_buckets(js: JetStreamContext) -> Buckets:
     return Buckets(
         tasks=Records(await js.key_value(streams.TASKS_BUCKET), Task),
         task_state=Records(await js.key_value(streams.TASK_STATE_BUCKET), TaskRuntime),
+        task_starts=Records(await js.key_value(streams.TASK_STARTS_BUCKET), TaskStarts, versioned=False),
         batches=Records(await js.key_value(streams.BATCHES_BUCKET), Batch),
         execs=Records(await js.key_value(streams.EXECS_BUCKET), Execution),
         runners=Records(await js.key_value(streams.RUNNERS_BUCKET), Runner, versioned=False),

@@ -39,6 +39,7 @@ from broker.types import (
     Task,
     TaskDeleteRequest,
     TaskRuntime,
+    TaskStarts,
     TaskSpec,
 )
 
@@ -118,8 +119,10 @@ class Definitions:
     # ---- tasks -------------------------------------------------------------------
 
     async def _with_runtime(self, org: str, task: Task) -> Task:
-        runtime = await self.buckets.task_state.get(org, task.id)
-        return _merge_runtime(task, runtime)
+        runtime, starts = await asyncio.gather(
+            self.buckets.task_state.get(org, task.id), self.buckets.task_starts.scan_items(org, f"{task.id}.>")
+        )
+        return _merge_runtime(task, runtime, [s for _, s in starts])
 
     async def load_task(self, org: str, task_id: str, *, live: bool = True) -> Task:
         """The task, or NotFound (also when deleted and `live`)."""
@@ -147,13 +150,17 @@ class Definitions:
 
     async def list_tasks(self, org: str, body: bytes) -> Page:
         request = codec.decode_request(body, ListRequest)
-        tasks, runtime_items = await asyncio.gather(
-            self.buckets.tasks.scan(org), self.buckets.task_state.scan_items(org)
+        tasks, runtime_items, start_items = await asyncio.gather(
+            self.buckets.tasks.scan(org), self.buckets.task_state.scan_items(org),
+            self.buckets.task_starts.scan_items(org, ">"),
         )
         runtimes = dict(runtime_items)
+        starts: dict[str, list[TaskStarts]] = {}
+        for key, count in start_items:
+            starts.setdefault(key.split(".", 1)[0], []).append(count)
         if not request.include_deleted:
             tasks = [t for t in tasks if t.deleted_at is None]
-        merged = [_merge_runtime(t, runtimes.get(t.id)) for t in tasks]
+        merged = [_merge_runtime(t, runtimes.get(t.id), starts.get(t.id, [])) for t in tasks]
         return page_of(merged, request, TASK_FIELDS, default_sort="name")
 
     async def update_task(self, org: str, body: bytes) -> Task:
@@ -289,11 +296,14 @@ class Definitions:
         await self._publish_change(org, "batch", "deleted", batch)
 
 
-def _merge_runtime(task: Task, runtime: TaskRuntime | None) -> Task:
-    if runtime is None:
-        return task
+def _merge_runtime(task: Task, runtime: TaskRuntime | None, starts: list[TaskStarts]) -> Task:
+    """The task with what its runs keep: state, and start counts summed over runners."""
+    moments = [s.last_started_at for s in starts if s.last_started_at]
     return msgspec.structs.replace(
-        task, state=runtime.state, start_count=runtime.start_count, last_started_at=runtime.last_started_at
+        task,
+        state=runtime.state if runtime is not None else {},
+        start_count=sum(s.start_count for s in starts),
+        last_started_at=max(moments) if moments else None,  # RFC 3339 UTC strings sort by time
     )
 
 

@@ -163,7 +163,9 @@ class Executions:
         return execution
 
     async def _publish_state(self, execution: Execution) -> None:
-        await self.js.publish(subjects.exec_event(execution.org, execution.id, "state"), codec.encode(execution))
+        headers = None if execution.trace else {subjects.TRACE_HEADER: "false"}
+        await self.js.publish(subjects.exec_event(execution.org, execution.id, "state"), codec.encode(execution),
+                              headers=headers)
 
     # ---- reading -----------------------------------------------------------------
 

@@ -68,10 +68,11 @@ class Records(Generic[T]):
         """Every record of an org."""
         return [record for _, record in await self.scan_items(org)]
 
-    async def scan_items(self, org: str) -> list[tuple[str, T]]:
-        """Every record of an org with its id, read through a watch (one consumer,
-        streamed), so it sees every write acknowledged before the call."""
-        watcher = await self.kv.watch(f"{org}.*", ignore_deletes=True)
+    async def scan_items(self, org: str, pattern: str = "*") -> list[tuple[str, T]]:
+        """Every record of an org (whose id matches `pattern`, a KV key pattern) with its
+        id, read through a watch (one consumer, streamed), so it sees every write
+        acknowledged before the call."""
+        watcher = await self.kv.watch(f"{org}.{pattern}", ignore_deletes=True)
         items: list[tuple[str, T]] = []
         try:
             async for entry in watcher:

@@ -23,6 +23,7 @@ EVENTS = "BD_EVENTS"
 
 TASKS_BUCKET = "bd_tasks"
 TASK_STATE_BUCKET = "bd_task_state"
+TASK_STARTS_BUCKET = "bd_task_starts"
 BATCHES_BUCKET = "bd_batches"
 EXECS_BUCKET = "bd_execs"
 RUNNERS_BUCKET = "bd_runners"
@@ -43,7 +44,8 @@ class BucketSpec:
 
 BUCKETS = (
     BucketSpec(TASKS_BUCKET, 16, None, "task definitions, key {org}.{id}; revision = version"),
-    BucketSpec(TASK_STATE_BUCKET, 1, None, "what runs change on a task: state, start_count, last_started_at"),
+    BucketSpec(TASK_STATE_BUCKET, 1, None, "state a module task keeps between runs, key {org}.{task id}"),
+    BucketSpec(TASK_STARTS_BUCKET, 1, None, "task start counts, key {org}.{task id}.{runner}"),
     BucketSpec(BATCHES_BUCKET, 16, None, "batch definitions, key {org}.{id}; revision = version"),
     BucketSpec(EXECS_BUCKET, 1, 7 * DAY, "live execution state, key {org}.{id}"),
     BucketSpec(RUNNERS_BUCKET, 1, 1 * DAY, "runner heartbeats, key {org}.{runner id}"),
@@ -118,9 +120,10 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
     try:
         info = await js.stream_info(stream)
     except NotFoundError:
+        # direct: reads skip the JetStream API round trip and its message decoding.
         config = KeyValueConfig(
             bucket=spec.name, description=spec.description, history=spec.history, ttl=spec.ttl, replicas=replicas,
-            storage=StorageType.FILE,
+            storage=StorageType.FILE, direct=True,
         )
         try:
             await js.create_key_value(config)

@@ -60,6 +60,9 @@ def exec_cancel(org: str, execution_id: str) -> str:
     return f"{PREFIX}.{org}.ctl.exec.{execution_id}.cancel"
 
 
+TRACE_HEADER = "Bd-Trace"
+"""`Bd-Trace: false` on every event of a `trace: false` execution: the store keeps no history of it."""
+
 # Stream subjects, across every org.
 RUNS_SUBJECTS = [f"{PREFIX}.*.run.*"]
 TRIGGERS_SUBJECTS = [f"{PREFIX}.*.trigger.*"]

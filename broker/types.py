@@ -118,13 +118,20 @@ class Task(TaskSpec, kw_only=True):
 
 
 class TaskRuntime(Struct, kw_only=True):
-    """What runs change on a task (KV `bd_task_state`), kept apart from the definition
-    so that a run does not bump the definition's `version` under an operator's edit."""
+    """A module task's `state`, persisted between its runs (KV `bd_task_state`), kept
+    apart from the definition so that a run does not bump the definition's `version`."""
 
     state: dict[str, Any] = {}
+    version: int = 0
+
+
+class TaskStarts(Struct, kw_only=True):
+    """How often one runner started a task (KV `bd_task_starts`, key
+    `{org}.{task_id}.{runner}`): each runner writes only its own key, so counting needs
+    no compare-and-set between runners; a task's `start_count` is the sum."""
+
     start_count: int = 0
     last_started_at: Timestamp | None = None
-    version: int = 0
 
 
 # ---- batches ------------------------------------------------------------------------
@@ -351,8 +358,8 @@ class Runner(Struct, kw_only=True):
     version: str = ""
     started_at: Timestamp | None = None
     heartbeat_at: Timestamp | None = None
-    alive: bool = True
-    """Computed on read: a heartbeat within RUNNER_ALIVE_SECONDS."""
+    alive: bool | None = None
+    """Computed by runner.list: a heartbeat within RUNNER_ALIVE_SECONDS (null as stored)."""
 
 
 RUNNER_ALIVE_SECONDS = 15.0

@@ -29,7 +29,6 @@ log = logging.getLogger("batchdeck.runner")
 MAX_LINE_CHARS = 16 * 1024
 QUEUE_LINES = 4096
 CHUNK_LINES = 512
-TRACE_HEADER = "Bd-Trace"
 
 _LEVEL_WORD = re.compile(r"\b(debug|info|warn|warning|error|err|fatal|critical)\b", re.IGNORECASE)
 _LEVELS = {"debug": "debug", "info": "info", "warn": "warning", "warning": "warning", "error": "error",
@@ -58,16 +57,15 @@ class EventStream:
         self.js = js
         self.org = org
         self.execution_id = execution_id
-        self.headers = None if trace else {TRACE_HEADER: "false"}
-        self.next_idx = 1
+        self.headers = None if trace else {subjects.TRACE_HEADER: "false"}
+        self.next_idx: int | None = None  # known once the first line is logged
+        self._idx_lock = asyncio.Lock()
         self._queue: asyncio.Queue[LogLine | None] = asyncio.Queue(QUEUE_LINES)
         self._flusher: asyncio.Task[None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
 
     async def start(self) -> None:
-        """Continue numbering after the last line this execution already has."""
-        self.next_idx = await self._last_idx() + 1
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"events-{self.execution_id}")
 
     async def _last_idx(self) -> int:
@@ -80,6 +78,13 @@ class EventStream:
     async def log(self, text: str, stream: str = "stdout", action_index: int | None = None,
                   level: str | None = None) -> None:
         """Queue one line (waits while the queue is full)."""
+        if self.next_idx is None:
+            # Continue after the last line this execution already has (an earlier
+            # attempt's); asked only by runs that log at all, once (stdout and stderr
+            # may both get here first).
+            async with self._idx_lock:
+                if self.next_idx is None:
+                    self.next_idx = await self._last_idx() + 1
         line = LogLine(
             idx=self.next_idx, ts=now_iso(), level=level or level_of(text, stream), stream=stream,  # type: ignore[arg-type]
             action_index=action_index, msg=cut(text), execution_id=self.execution_id,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from runner import templates
 from runner.events import EventStream
 from runner.modules import Module, ModuleContext, validate_params
 from runner.process import run_process
+from runner.starts import StartCounter
 
 log = logging.getLogger("batchdeck.runner")
 
@@ -43,6 +45,8 @@ class Outcome:
     exit_code: int | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
+    retryable: bool = True
+    """False when running it again cannot help (a bad template, a missing module)."""
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RunEnvironment:
     runner_id: str
     modules: dict[str, Module]
     grace: float
+    starts: StartCounter
 
 
 class RunExecutor:
@@ -81,7 +86,9 @@ class RunExecutor:
     # ---- persistence ---------------------------------------------------------------
 
     async def save(self, publish: bool = True) -> None:
-        """Compare-and-set the execution, keeping a cancel flag set meanwhile."""
+        """Compare-and-set the execution, keeping a cancel flag set meanwhile. The lines
+        logged before are stored first: whoever reads a final state finds every line."""
+        await self.events.flush()
         while True:
             try:
                 self.run.execution = await self.env.buckets.execs.update(
@@ -116,11 +123,7 @@ class RunExecutor:
         execution.status, execution.runner_id = "running", self.env.runner_id
         execution.started_at = execution.started_at or now_iso()
         execution.error = None
-        try:
-            await self.save()
-        except FinishedElsewhere:
-            return  # cancelled while we claimed it: nothing ran, nothing to report
-        await self._runner_line(f"attempt {execution.attempt} started on runner {self.env.runner_id}")
+        # Stored with the first action's start: one write instead of two.
         final = await self._run_actions()
         if self.run.handback:
             await self._hand_back()
@@ -168,11 +171,11 @@ class RunExecutor:
             action.status, action.started_at, action.finished_at = "running", now_iso(), None
             action.exit_code = action.error = None
             await self.save()
-            await self._count_start(task)
+            await self.env.starts.started(self.org, task.id)
             outcome = await self._run_once(index, task)
             action.status, action.exit_code, action.error = outcome.status, outcome.exit_code, outcome.error
             action.finished_at = now_iso()
-            if outcome.status != "failed" or attempts > task.retries or self._stopping():
+            if outcome.status != "failed" or not outcome.retryable or attempts > task.retries or self._stopping():
                 break
             delay = task.retry_backoff_sec * (2 ** (attempts - 1))
             await self._runner_line(
@@ -188,9 +191,10 @@ class RunExecutor:
                 outcome = Outcome("canceled", outcome.exit_code, error="canceled while waiting to retry")
                 action.status, action.error = outcome.status, outcome.error
                 break
-        if outcome.status != "succeeded" and outcome.error:
+        if outcome.status != "succeeded" and outcome.error and not self.run.handback:
             await self._runner_line(f"action {index} {outcome.status}: {outcome.error}", "error", index)
-        await self.save()
+        if index < len(self.run.command.tasks) - 1:
+            await self.save()  # the last action's end is stored with the run's end
         return outcome
 
     async def _run_once(self, index: int, task: Task) -> Outcome:
@@ -217,7 +221,7 @@ class RunExecutor:
         try:
             argv = templates.command_argv(task.command or [], self._values(task), task.shell)
         except templates.TemplateError as err:
-            return Outcome("failed", error=str(err))
+            return Outcome("failed", error=str(err), retryable=False)
         result: dict[str, Any] = {}
 
         async def sink(stream: str, line: str) -> None:
@@ -231,7 +235,7 @@ class RunExecutor:
             cancel=self.run.cancel, grace=self.env.grace,
         )
         if ran.outcome == "failed_to_start":
-            return Outcome("failed", error=ran.error)
+            return Outcome("failed", error=ran.error, retryable=False)
         if ran.outcome == "timed_out":
             return Outcome("timed_out", ran.exit_code, error=f"timed out after {task.timeout_sec:g} s")
         if ran.outcome == "canceled":
@@ -262,6 +266,8 @@ class RunExecutor:
         return False
 
     async def _progress(self, index: int, percent: float | None, text: str | None) -> None:
+        if percent is not None:
+            percent = max(0.0, min(100.0, float(percent)))
         count = len(self.run.command.tasks)
         overall = None if percent is None else round((index * 100 + percent) / count, 2)
         self.execution.progress_percent, self.execution.progress_text = overall, text
@@ -275,12 +281,14 @@ class RunExecutor:
     async def _run_module(self, index: int, task: Task) -> Outcome:
         module = self.env.modules.get(task.module or "")
         if module is None:
-            return Outcome("failed", error=f"module {task.module!r} is not installed on runner {self.env.runner_id}")
+            return Outcome("failed", error=f"module {task.module!r} is not installed on runner {self.env.runner_id}",
+                           retryable=False)
         try:
             params = validate_params(module.params, task.params)
         except ValueError as err:
-            return Outcome("failed", error=f"invalid params for module {module.name!r}: {err}")
-        runtime = await self.env.buckets.task_state.get(self.org, task.id) or TaskRuntime()
+            return Outcome("failed", error=f"invalid params for module {module.name!r}: {err}", retryable=False)
+        runtime = await self.env.buckets.task_state.get(self.org, task.id)
+        stored_state = runtime.state if runtime is not None else {}
         exit_codes: list[int] = []
 
         async def run_argv(argv: list[str]) -> int:
@@ -289,11 +297,13 @@ class RunExecutor:
 
             ran = await run_process(argv, env=self._environment(task, index), cwd=task.cwd, sink=sink, timeout=None,
                                     cancel=self.run.cancel, grace=self.env.grace)
+            if ran.error:
+                await self._runner_line(ran.error, "error", index)
             exit_codes.append(ran.exit_code if ran.exit_code is not None else -1)
             return exit_codes[-1]
 
         ctx = ModuleContext(
-            params=params, context=dict(self.run.command.context), state=dict(runtime.state),
+            params=params, context=dict(self.run.command.context), state=msgspec.json.decode(msgspec.json.encode(stored_state)),
             execution_id=self.execution.id, cancelled=asyncio.Event(),
             _log=lambda text, level: self.events.log(text, stream="stdout", action_index=index, level=level),
             _progress=lambda percent, text: self._progress(index, percent, text),
@@ -302,7 +312,7 @@ class RunExecutor:
         handler = asyncio.create_task(module.handler(ctx))
         outcome = await self._await_handler(handler, ctx, task)
         await ctx.settle()
-        if outcome.status == "succeeded":
+        if outcome.status == "succeeded" and ctx.state != stored_state:
             await self._save_state(task, ctx.state)
         return outcome
 
@@ -327,34 +337,20 @@ class RunExecutor:
 
     # ---- task runtime --------------------------------------------------------------
 
-    async def _count_start(self, task: Task) -> None:
-        def change(runtime: TaskRuntime) -> None:
-            runtime.start_count += 1
-            runtime.last_started_at = now_iso()
-
-        await self._change_runtime(task, change)
-
     async def _save_state(self, task: Task, state: dict[str, Any]) -> None:
-        def change(runtime: TaskRuntime) -> None:
-            runtime.state = state
-
-        await self._change_runtime(task, change)
-
-    async def _change_runtime(self, task: Task, change) -> None:
+        """Persist a module's state for its next run (last writer wins between runs
+        that overlap, as each read the state when it started)."""
         records = self.env.buckets.task_state
-        for _ in range(20):
+        while True:
             current = await records.get(self.org, task.id)
-            runtime = current or TaskRuntime()
-            change(runtime)
             try:
                 if current is None:
-                    await records.create(self.org, task.id, runtime)
+                    await records.create(self.org, task.id, TaskRuntime(state=state))
                 else:
-                    await records.update(self.org, task.id, runtime, current.version)
+                    await records.update(self.org, task.id, TaskRuntime(state=state), current.version)
                 return
             except VersionConflict:
-                await asyncio.sleep(0.01)
-        log.warning("could not record the start of task %s (too much contention)", task.id)
+                await asyncio.sleep(random.uniform(0, 0.01))
 
     # ---- endings -------------------------------------------------------------------
 
@@ -367,15 +363,16 @@ class RunExecutor:
         execution.error = outcome.error or _first_error(execution.actions)
         if outcome.status == "succeeded":
             execution.progress_percent = 100.0
-        await self._runner_line(f"finished: {outcome.status}", "error" if outcome.status != "succeeded" else "info")
         await self.save()
 
     async def _hand_back(self) -> None:
         execution = self.execution
-        execution.status, execution.runner_id = "queued", None
+        execution.status, execution.runner_id, execution.started_at = "queued", None, None
+        execution.progress_percent = execution.progress_text = None
         execution.error = f"handed back by runner {self.env.runner_id} at shutdown; runs again from the start"
         for action in execution.actions:
-            action.status, action.exit_code, action.started_at, action.finished_at = "queued", None, None, None
+            action.status, action.exit_code, action.error = "queued", None, None
+            action.started_at = action.finished_at = None
         await self._runner_line(execution.error, "warning")
         await self.save()
 

@@ -4,7 +4,7 @@
 A handler is an async callable taking a ModuleContext, wrapped by `@module(...)` with its
 description and parameter schema:
 
-    @module("greet", "Say hello", params=[Param("who", "string", required=True)])
+    @module("greet", "Say hello", params=[Param(name="who", type="string", required=True)])
     async def greet(ctx):
         ctx.log(f"hello {ctx.params['who']}")
         ctx.progress(100, "done")
@@ -33,6 +33,7 @@ __all__ = ["Module", "ModuleContext", "Param", "load_modules", "module", "valida
 log = logging.getLogger("batchdeck.runner")
 
 ENTRY_POINT_GROUP = "batchdeck.modules"
+LEVELS = ("debug", "info", "warning", "error")
 
 Param = ModuleParam
 
@@ -51,8 +52,10 @@ class ModuleContext:
     _pending: list[asyncio.Task[None]] = field(default_factory=list)
 
     def log(self, message: str, level: str = "info") -> None:
-        """Log a line (shown live, kept in history)."""
-        self._pending.append(asyncio.ensure_future(self._log(message, level)))
+        """Log a line (shown live, kept in history); level debug, info, warning or error."""
+        if level not in LEVELS:
+            level = "info"
+        self._pending.append(asyncio.ensure_future(self._log(str(message), level)))
 
     def progress(self, percent: float | None, text: str | None = None) -> None:
         """Report progress, 0-100."""

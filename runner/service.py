@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
 
 from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
@@ -34,6 +34,7 @@ from broker.types import RunCommand, Runner
 from runner.events import EventStream
 from runner.execution import ActiveRun, FinishedElsewhere, Outcome, RunEnvironment, RunExecutor, deadline_passed
 from runner.modules import load_modules
+from runner.starts import StartCounter
 
 log = logging.getLogger("batchdeck.runner")
 
@@ -44,7 +45,9 @@ DEFAULT_DRAIN = 30.0
 
 
 def consumer_name(org: str, pool: str) -> str:
-    return f"runner_{org}_{pool}"
+    """`runner_{len(org)}_{org}_{pool}`: org and pool may both contain `_`, and the length
+    keeps org `a_b` + pool `c` apart from org `a` + pool `b_c`."""
+    return f"runner_{len(org)}_{org}_{pool}"
 
 
 class RunnerService:
@@ -73,29 +76,50 @@ class RunnerService:
         self._reserved = 0
         self._room = asyncio.Event()
         self._claiming = True
-        self._loops: list[asyncio.Task[None]] = []
+        self._heartbeat_loop: asyncio.Task[None] | None = None
+        self._claim_loops: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._subs: list[Any] = []
 
     # ---- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        await streams.provision(self.js)
-        self.buckets = await open_buckets(self.js)
+        self.buckets = await self._wait_for_buckets()
         self.modules = load_modules()
-        self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace)
+        self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace,
+                                  StartCounter(self.buckets.task_starts, self.id))
         self._subs.append(await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel))
         await self._heartbeat()
-        self._loops.append(asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat"))
-        for pool in self.pools:
-            self._loops.append(asyncio.create_task(self._claim_forever(pool), name=f"runner-claim-{pool}"))
+        self._heartbeat_loop = asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat")
+        self._claim_loops = [
+            asyncio.create_task(self._claim_forever(pool), name=f"runner-claim-{pool}") for pool in self.pools
+        ]
         log.info("runner %s serving org %s pools %s (concurrency %d, modules %s)", self.id, self.org,
                  ",".join(self.pools), self.concurrency, ",".join(sorted(self.modules)) or "none")
+
+    async def _wait_for_buckets(self):
+        """Streams and buckets are the broker's to provision (with the cluster's replica
+        count): wait for them rather than create them with the wrong settings."""
+        said = False
+        while True:
+            try:
+                await streams.wait_for_jetstream(self.js)
+                await self.js.stream_info(streams.RUNS)
+                return await open_buckets(self.js)
+            except (NotFoundError, BucketNotFoundError):
+                if not said:
+                    log.warning("streams and buckets are not provisioned yet; waiting for a broker to start")
+                    said = True
+                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Stop claiming; let running work finish within the drain timeout; hand the rest
         back so another runner takes it."""
         self._claiming = False
+        # Claim loops end on their own within a fetch timeout (handing back whatever a
+        # last fetch brought); cancelling one mid-fetch would strand what the server
+        # sends it until ack_wait runs out.
+        await asyncio.gather(*self._claim_loops, return_exceptions=True)
         if self._runs:
             log.info("runner %s draining %d run(s) for up to %g s", self.id, len(self._runs), self.drain_timeout)
             _, still_running = await asyncio.wait(set(self._runs), timeout=self.drain_timeout)
@@ -104,11 +128,17 @@ class RunnerService:
                 run.cancel.set()
             if still_running:
                 await asyncio.wait(still_running)
-        for loop in self._loops:
-            loop.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._heartbeat_loop is not None:
+            self._heartbeat_loop.cancel()
+            await asyncio.gather(self._heartbeat_loop, return_exceptions=True)
         for sub in self._subs:
             await sub.unsubscribe()
+        try:  # acks and naks are buffered publishes: send them before the connection goes
+            await self.nc.flush(timeout=5)
+        except Exception as err:
+            log.warning("could not flush the last acks: %s", err)
+        if not hasattr(self, "buckets"):
+            return  # stopped before the streams were there
         try:
             await self.buckets.runners.kv.delete(subjects.kv_key(self.org, self.id))
         except Exception as err:  # the heartbeat TTL removes it anyway
@@ -117,16 +147,28 @@ class RunnerService:
     # ---- claiming ----------------------------------------------------------------
 
     async def _subscription(self, pool: str) -> Any:
+        """Bind to the pool's consumer, creating it if it is missing. An existing one is
+        never changed (an update would re-point or re-time it under other runners); its
+        `ack_wait` sets how often this runner renews its claims."""
         name = consumer_name(self.org, pool)
-        config = ConsumerConfig(
-            durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
-            filter_subject=subjects.run(self.org, pool), max_ack_pending=10_000,
-        )
+        wanted = subjects.run(self.org, pool)
         try:
-            await self.js.add_consumer(streams.RUNS, config)
-        except BadRequestError as err:
-            # It exists with other settings (another runner chose another ack_wait): share it.
-            log.info("consumer %s exists with other settings (%s); using it as it is", name, err.description)
+            info = await self.js.consumer_info(streams.RUNS, name)
+        except NotFoundError:
+            config = ConsumerConfig(
+                durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
+                filter_subject=wanted, max_ack_pending=10_000,
+            )
+            try:
+                info = await self.js.add_consumer(streams.RUNS, config)
+            except BadRequestError:
+                info = await self.js.consumer_info(streams.RUNS, name)  # another runner created it first
+        if info.config.filter_subject != wanted:
+            raise RuntimeError(f"consumer {name} filters {info.config.filter_subject}, not {wanted}")
+        if info.config.ack_wait and info.config.ack_wait < self.ack_wait:
+            log.info("pool %s: the consumer's ack_wait is %g s; renewing claims at that pace", pool,
+                     info.config.ack_wait)
+            self.ack_wait = info.config.ack_wait
         return await self.js.pull_subscribe_bind(durable=name, stream=streams.RUNS)
 
     async def _claim_forever(self, pool: str) -> None:
@@ -138,7 +180,10 @@ class RunnerService:
                     free = self.concurrency - len(self._runs) - self._reserved
                     if free <= 0:
                         self._room.clear()
-                        await self._room.wait()
+                        try:  # bounded, so a stop is noticed even while every slot is busy
+                            await asyncio.wait_for(self._room.wait(), 1.0)
+                        except asyncio.TimeoutError:
+                            pass
                         continue
                     self._reserved += free  # pools share the concurrency: claim no more than fits
                     try:
@@ -147,6 +192,10 @@ class RunnerService:
                         messages = []
                     finally:
                         self._reserved -= free
+                    if not self._claiming:
+                        for msg in messages:
+                            await msg.nak()  # fetched as we stopped: another runner takes it now
+                        break
                     for msg in messages:
                         task = asyncio.create_task(self._handle(msg))
                         self._runs.add(task)
@@ -193,6 +242,7 @@ class RunnerService:
                 log.warning("execution %s was ended elsewhere (%s) while this runner held it", execution.id, err)
             if run.handback:
                 await msg.nak()
+                log.info("handed back %s (nak sent)", execution.id)
             else:
                 await msg.ack()
         finally:
@@ -207,7 +257,9 @@ class RunnerService:
         if execution.is_final:
             return True  # finished before a crash lost its ack, or cancelled while queued
         if execution.cancel_requested:
-            await self._end(executor, "canceled", "canceled before it started")
+            reason = "canceled; its runner stopped before it finished" if execution.status == "running" \
+                else "canceled before it started"
+            await self._end(executor, "canceled", reason)
             return True
         if deadline_passed(command.deadline):
             await self._end(executor, "timed_out", f"its deadline {command.deadline} passed before it started")
