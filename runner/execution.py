@@ -170,8 +170,7 @@ class RunExecutor:
             attempts += 1
             action.status, action.started_at, action.finished_at = "running", now_iso(), None
             action.exit_code = action.error = None
-            await self.save()
-            await self.env.starts.started(self.org, task.id)
+            await asyncio.gather(self.save(), self.env.starts.started(self.org, task.id))
             outcome = await self._run_once(index, task)
             action.status, action.exit_code, action.error = outcome.status, outcome.exit_code, outcome.error
             action.finished_at = now_iso()

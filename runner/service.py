@@ -185,7 +185,10 @@ class RunnerService:
                         except asyncio.TimeoutError:
                             pass
                         continue
-                    self._reserved += free  # pools share the concurrency: claim no more than fits
+                    # Pools share the concurrency: claim no more than fits, and leave the
+                    # other pools their share while this fetch waits for work.
+                    free = max(1, free // len(self.pools))
+                    self._reserved += free
                     try:
                         messages = await sub.fetch(free, timeout=1.0)
                     except (NatsTimeout, asyncio.TimeoutError):
