@@ -7,12 +7,17 @@ from typing import Generic, TypeVar
 
 import msgspec
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
-from broker import codec
+from broker import codec, ids
 from broker.subjects import kv_key
 
 T = TypeVar("T", bound=msgspec.Struct)
+
+SCAN_BATCH = 1000
+SCAN_FETCH_TIMEOUT = 5.0
+SCAN_IDLE_SECONDS = 5.0
 
 
 class VersionConflict(Exception):
@@ -25,6 +30,7 @@ class Records(Generic[T]):
 
     def __init__(self, kv: KeyValue, type_: type[T], versioned: bool = True) -> None:
         self.kv = kv
+        self.js = kv._js  # noqa: SLF001
         self.type = type_
         self.versioned = versioned
 
@@ -70,19 +76,37 @@ class Records(Generic[T]):
 
     async def scan_items(self, org: str, pattern: str = "*") -> list[tuple[str, T]]:
         """Every record of an org (whose id matches `pattern`, a KV key pattern) with its
-        id, read through a watch (one consumer, streamed), so it sees every write
-        acknowledged before the call."""
-        watcher = await self.kv.watch(f"{org}.{pattern}", ignore_deletes=True)
+        id, as of the call: a throw-away consumer delivers the last value of each key.
+
+        The consumer is named here and deleted right after, so a busy API leaves no
+        consumers behind (a KV watch's would linger for minutes, and a stream takes
+        only so many); `inactive_threshold` is the backstop should the delete be lost.
+        """
+        stream = f"KV_{self.kv._name}"  # noqa: SLF001 - nats-py keeps the bucket name private
+        prefix = f"$KV.{self.kv._name}."  # noqa: SLF001
+        name = f"scan_{ids.new_id().lower()}"
+        info = await self.js.add_consumer(stream, ConsumerConfig(
+            name=name, filter_subject=f"{prefix}{org}.{pattern}", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE, inactive_threshold=SCAN_IDLE_SECONDS, mem_storage=True, num_replicas=1,
+        ))
         items: list[tuple[str, T]] = []
         try:
-            async for entry in watcher:
-                if entry is None:
-                    break
-                items.append((entry.key.split(".", 1)[1], self._decode(entry.value, entry.revision)))
-                if entry.delta == 0:
-                    break
+            remaining = info.num_pending
+            if remaining:
+                sub = await self.js.pull_subscribe_bind(consumer=name, stream=stream)
+                try:
+                    while remaining > 0:
+                        for msg in await sub.fetch(min(remaining, SCAN_BATCH), timeout=SCAN_FETCH_TIMEOUT):
+                            remaining -= 1
+                            if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
+                                continue
+                            key = msg.subject[len(prefix):]
+                            items.append((key.split(".", 1)[1], self._decode(msg.data, msg.metadata.sequence.stream)))
+                finally:
+                    await sub.unsubscribe()
         finally:
-            await watcher.stop()
+            # Fire and forget: the reply would only cost a round trip.
+            await self.js._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")  # noqa: SLF001
         return items
 
     def _encode(self, record: T) -> bytes:

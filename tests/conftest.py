@@ -7,6 +7,7 @@ own, so tests are isolated the way tenants are.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,11 +17,12 @@ import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client
+from nats.js.errors import NotFoundError
 
 from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
-from runner.service import RunnerService
+from runner.service import RunnerService, consumer_name
 
 
 @pytest.fixture(scope="session")
@@ -108,6 +110,7 @@ class RunnerFactory:
         self.url = url
         self.org = org
         self.running: list[tuple[RunnerService, Client]] = []
+        self.pools_used: set[tuple[str, str]] = set()
 
     async def __call__(
         self,
@@ -131,6 +134,7 @@ class RunnerFactory:
             await client.close()
             raise
         self.running.append((runner, client))
+        self.pools_used |= {(runner.org, pool) for pool in runner.pools}
         return runner
 
     async def stop(self, runner: RunnerService) -> None:
@@ -144,8 +148,7 @@ class RunnerFactory:
                     await entry[1].close()
 
     async def stop_all(self) -> None:
-        while self.running:
-            await self.stop(self.running[-1][0])
+        await asyncio.gather(*(self.stop(runner) for runner, _ in list(self.running)))
 
 
 @pytest_asyncio.fixture
@@ -155,12 +158,9 @@ async def runner_factory(nats_server: EmbeddedServer, broker: ControlPlane, nc: 
     await factory.stop_all()
     # The org's claiming consumers are of no use to any later test.
     js = nc.jetstream()
-    try:
-        for info in await js.consumers_info("BD_RUNS"):
-            if info.name.startswith(f"runner_{org}_"):
-                await js.delete_consumer("BD_RUNS", info.name)
-    except Exception:  # best effort: a left-over consumer harms no other org
-        pass
+    for runner_org, pool in factory.pools_used:
+        with contextlib.suppress(NotFoundError):  # a runner may have failed before making it
+            await js.delete_consumer("BD_RUNS", consumer_name(runner_org, pool))
 
 
 @pytest.fixture
