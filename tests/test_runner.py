@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 
 from broker.errors import ApiError
 from runner.modules import module
+from processes import processes_with, unique_sleep
 from runner.service import consumer_name
 
 PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
@@ -30,27 +30,6 @@ PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
 
 def sh(script: str) -> list[str]:
     return ["/bin/sh", "-c", script]
-
-
-def unique_sleep(seconds: int = 60) -> str:
-    """A sleep duration no other process on the machine has: its text marks our processes."""
-    return f"{seconds}.{uuid.uuid4().int % 10**8:08d}"
-
-
-def processes_with(marker: str) -> list[tuple[int, str]]:
-    """Live (not zombie) processes whose command line contains `marker`, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state not in ("Z", "X"):
-            found.append((int(entry), cmdline.strip()))
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -13,16 +13,12 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
+from processes import processes_with, unique_sleep
 from runner.service import consumer_name
-
-
-def unique_sleep(seconds: int = 30) -> str:
-    return f"{seconds}.{uuid.uuid4().int % 10**8:08d}"
 
 
 def first_run_sleeps(marker_file: Path, sleep: str) -> list[str]:
@@ -34,18 +30,7 @@ def first_run_sleeps(marker_file: Path, sleep: str) -> list[str]:
 
 def _alive_with(marker: str) -> list[str]:
     """Command lines of live (not zombie) processes holding `marker`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if marker in cmdline and state not in ("Z", "X"):
-            found.append(cmdline)
-    return found
+    return [cmdline for _, cmdline in processes_with(marker)]
 
 
 def kill_leftovers(marker: str) -> None:
@@ -119,7 +104,7 @@ async def wait_logged(exec_events, execution_id: str, text: str, timeout: float 
 async def test_a_run_of_a_killed_runner_runs_again_as_the_next_attempt(
     api, nc, org, runner_process, runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
 ):
-    sleep = unique_sleep()
+    sleep = unique_sleep(30)
     task = await make_task(command=first_run_sleeps(tmp_path / "ran-once", sleep), retries=1,
                            retry_backoff_sec=0.1)
     process = await runner_process("r1", ack_wait=2.0)
@@ -151,7 +136,7 @@ async def test_a_run_of_a_killed_runner_runs_again_as_the_next_attempt(
 async def test_a_run_of_a_killed_runner_without_retries_ends_lost(
     api, runner_process, runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
 ):
-    sleep = unique_sleep()
+    sleep = unique_sleep(30)
     task = await make_task(command=first_run_sleeps(tmp_path / "ran-once", sleep), retries=0)
     process = await runner_process("r1", ack_wait=2.0)
     try:
@@ -191,7 +176,7 @@ async def test_stopping_a_runner_lets_short_work_finish(api, runner_factory, mak
 async def test_stopping_a_runner_hands_long_work_back_and_another_runner_finishes_it(
     api, runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
 ):
-    sleep = unique_sleep()
+    sleep = unique_sleep(30)
     ran_once = tmp_path / "ran-once"
     first = await runner_factory(name="r-leaves", drain_timeout=0.5)
     task = await make_task(command=first_run_sleeps(ran_once, sleep))
@@ -224,7 +209,7 @@ async def test_stopping_a_runner_hands_long_work_back_and_another_runner_finishe
 async def test_a_handed_back_run_is_free_for_another_runner_at_once(
     api, runner_factory, make_task, start_task, wait_exec, tmp_path
 ):
-    sleep = unique_sleep()
+    sleep = unique_sleep(30)
     ran_once = tmp_path / "ran-once"
     # A long ack_wait (30 s by default): a hand-back must not have to wait for it.
     first = await runner_factory(name="r-leaves", ack_wait=10.0, drain_timeout=0.3)
@@ -249,7 +234,7 @@ async def test_a_handed_back_run_is_free_for_another_runner_at_once(
 async def test_a_stopping_runner_claims_nothing_new(
     api, runner_factory, make_task, start_task, wait_exec, tmp_path
 ):
-    sleep = unique_sleep()
+    sleep = unique_sleep(30)
     first = await runner_factory(name="r-leaves", drain_timeout=1.5)
     long_task = await make_task(name="long", command=first_run_sleeps(tmp_path / "ran-once", sleep))
     quick = await make_task(name="quick", command=["echo", "quick"])

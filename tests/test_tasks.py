@@ -35,16 +35,6 @@ def ulid_ms(text: str) -> int:
     return value
 
 
-async def make_batch_with(api, task_ids: list[str], **fields: Any) -> dict[str, Any]:
-    body = {
-        "name": "nightly",
-        "cron_expression": "0 3 * * *",
-        "is_enabled": False,
-        "run_on_startup": False,
-        "actions": [{"task_id": t} for t in task_ids],
-        **fields,
-    }
-    return await api.call("batch", "create", body)
 
 
 # ---- create / get -----------------------------------------------------------------
@@ -454,12 +444,12 @@ async def test_delete_unknown_is_404(api):
     assert err.code == 404
 
 
-async def test_delete_linked_task_is_409_naming_the_batches(api, make_task):
+async def test_delete_linked_task_is_409_naming_the_batches(api, make_task, make_batch):
     task = await make_task()
     other = await make_task(name="other")
-    enabled = await make_batch_with(api, [task["id"]], name="enabled", is_enabled=True)
-    disabled = await make_batch_with(api, [other["id"], task["id"]], name="disabled")
-    unrelated = await make_batch_with(api, [other["id"]], name="unrelated")
+    enabled = await make_batch([task["id"]], name="enabled", is_enabled=True)
+    disabled = await make_batch([other["id"], task["id"]], name="disabled")
+    unrelated = await make_batch([other["id"]], name="unrelated")
 
     err = await api_error(api.call("task", "delete", {"id": task["id"]}))
     assert err.code == 409
@@ -472,12 +462,12 @@ async def test_delete_linked_task_is_409_naming_the_batches(api, make_task):
     assert batches["total"] == 3
 
 
-async def test_force_delete_removes_task_and_linked_batches(api, make_task):
+async def test_force_delete_removes_task_and_linked_batches(api, make_task, make_batch):
     task = await make_task()
     other = await make_task(name="other")
-    enabled = await make_batch_with(api, [task["id"]], name="enabled", is_enabled=True)
-    disabled = await make_batch_with(api, [task["id"]], name="disabled")
-    unrelated = await make_batch_with(api, [other["id"]], name="unrelated")
+    enabled = await make_batch([task["id"]], name="enabled", is_enabled=True)
+    disabled = await make_batch([task["id"]], name="disabled")
+    unrelated = await make_batch([other["id"]], name="unrelated")
 
     reply = await api.call("task", "delete", {"id": task["id"], "force": True})
     deleted = {(d["kind"], d["id"]) for d in reply["deleted"]}
@@ -495,9 +485,9 @@ async def test_force_delete_removes_task_and_linked_batches(api, make_task):
     assert (await api.call("task", "get", {"id": other["id"]}))["deleted_at"] is None
 
 
-async def test_deleted_batch_does_not_keep_task_linked(api, make_task):
+async def test_deleted_batch_does_not_keep_task_linked(api, make_task, make_batch):
     task = await make_task()
-    batch = await make_batch_with(api, [task["id"]])
+    batch = await make_batch([task["id"]])
     await api.call("batch", "delete", {"id": batch["id"]})
     reply = await api.call("task", "delete", {"id": task["id"]})
     assert reply == {"deleted": [{"kind": "task", "id": task["id"]}]}
