@@ -224,6 +224,11 @@ class RunnerService:
             log.error("unreadable run command on %s: %s", msg.subject, err)
             await msg.term()
             return
+        if command.execution_id in self.active:
+            # Redelivered to the runner that runs it (its claim renewal came late): the
+            # run goes on here and acks when it ends; this copy is left alone.
+            log.warning("run of %s redelivered while this runner runs it; ignoring the copy", command.execution_id)
+            return
         execution = await self.buckets.execs.get(command.org, command.execution_id)
         if execution is None:
             log.warning("run of unknown execution %s (expired from bd_execs?); dropped", command.execution_id)
