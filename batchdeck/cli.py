@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from broker.errors import ApiError
 from broker.server import ServerError
 from broker.subjects import is_valid_org
 from batchdeck import commands, config, output, supervisor
+from broker.types import ID_PATTERN, POOL_PATTERN
 
 
 def _connection_parser() -> argparse.ArgumentParser:
@@ -122,6 +124,12 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "runner":
         if args.concurrency < 1:
             raise SystemExit(commands._usage("--concurrency must be at least 1"))
+        # A runner id is one KV key token (`{org}.{runner id}` in bd_runners), like any id.
+        if args.name is not None and not re.match(ID_PATTERN, args.name):
+            raise SystemExit(commands._usage("--name takes 1-64 letters, digits, '_' or '-'"))
+        bad_pools = [p for p in args.pools or [] if not re.match(POOL_PATTERN, p)]
+        if bad_pools:
+            raise SystemExit(commands._usage(f"--pool {bad_pools[0]!r}: use 1-32 of a-z, 0-9, '_' and '-'"))
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     else:
         nc = await _client_connection(args)

@@ -23,7 +23,8 @@ Id = Annotated[str, Meta(pattern=ID_PATTERN, description="letters, digits, '_' a
 Org = Annotated[str, Meta(pattern=ORG_PATTERN)]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Description = Annotated[str, Meta(max_length=4000)]
-Pool = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}$")]
+POOL_PATTERN = r"^[a-z0-9_-]{1,32}$"
+Pool = Annotated[str, Meta(pattern=POOL_PATTERN)]
 ModuleName = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_.-]{0,63}$")]
 EnvName = Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 Arg = Annotated[str, Meta(max_length=8192)]

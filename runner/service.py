@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 from typing import Any
 
@@ -44,6 +45,12 @@ DEFAULT_GRACE = 10.0
 DEFAULT_DRAIN = 30.0
 
 
+def default_runner_id() -> str:
+    """`{host}-{pid}-{random}`, the host name's dots and other characters made dashes."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40].strip("-") or "runner"
+    return f"{host}-{os.getpid()}-{ids.new_id()[-4:].lower()}"
+
+
 def consumer_name(org: str, pool: str) -> str:
     """`runner_{len(org)}_{org}_{pool}`: org and pool may both contain `_`, and the length
     keeps org `a_b` + pool `c` apart from org `a` + pool `b_c`."""
@@ -67,7 +74,7 @@ class RunnerService:
         self.org = org
         self.pools = pools or ["default"]
         self.concurrency = concurrency
-        self.id = name or f"{socket.gethostname()}-{os.getpid()}-{ids.new_id()[-4:].lower()}"
+        self.id = name or default_runner_id()
         self.ack_wait = ack_wait
         self.grace = grace
         self.drain_timeout = drain_timeout
