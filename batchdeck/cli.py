@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if hasattr(args, "org") and not is_valid_org(args.org):
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
+    if args.command == "runner":
+        _check_runner_args(parser, args)
     try:
         return asyncio.run(_dispatch(args))
     except ApiError as err:
@@ -114,6 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _check_runner_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.concurrency < 1:
+        parser.error("--concurrency must be at least 1")
+    # A runner id is one KV key token (`{org}.{runner id}` in bd_runners), like any id.
+    if args.name is not None and not re.match(ID_PATTERN, args.name):
+        parser.error("--name takes 1-64 letters, digits, '_' or '-'")
+    for pool in args.pools or []:
+        if not re.match(POOL_PATTERN, pool):
+            parser.error(f"--pool {pool!r}: use 1-32 of a-z, 0-9, '_' and '-'")
+
+
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless, args.runners)
@@ -122,14 +135,6 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "broker":
         await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas)
     elif args.command == "runner":
-        if args.concurrency < 1:
-            raise SystemExit(commands._usage("--concurrency must be at least 1"))
-        # A runner id is one KV key token (`{org}.{runner id}` in bd_runners), like any id.
-        if args.name is not None and not re.match(ID_PATTERN, args.name):
-            raise SystemExit(commands._usage("--name takes 1-64 letters, digits, '_' or '-'"))
-        bad_pools = [p for p in args.pools or [] if not re.match(POOL_PATTERN, p)]
-        if bad_pools:
-            raise SystemExit(commands._usage(f"--pool {bad_pools[0]!r}: use 1-32 of a-z, 0-9, '_' and '-'"))
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     else:
         nc = await _client_connection(args)

@@ -116,6 +116,9 @@ async def test_usage_errors_exit_2(run):
     assert (await run("task", "frobnicate")).returncode == 2
     assert (await run("task", "create", "--param", "no-equals-sign", "--name", "x", "--", "true")).returncode == 2
     assert (await run("task", "list", "--org", "Not Valid")).returncode == 2
+    assert (await run("runner", "--name", "has space")).returncode == 2
+    assert (await run("runner", "--pool", "GPU")).returncode == 2
+    assert (await run("runner", "--concurrency", "0")).returncode == 2
 
 
 def test_unreachable_server_exits_1_quickly(org):
