@@ -173,19 +173,25 @@ async def test_stopping_a_runner_lets_short_work_finish(api, runner_factory, mak
     assert (execution["status"], execution["runner_id"], execution["attempt"]) == ("succeeded", "r-drains", 1)
 
 
+async def _start_long_run_on(runner, api, make_task, start_task, tmp_path: Path, sleep: str) -> str:
+    """Start a task that sleeps on its first run (and finishes at once on a later one) and
+    wait until `runner` is running it; returns the execution id."""
+    ran_once = tmp_path / "ran-once"
+    task = await make_task(command=first_run_sleeps(ran_once, sleep))
+    execution_id = await start_task(task["id"])
+    await wait_running_on(api, execution_id, runner.id)
+    while not ran_once.exists():
+        await asyncio.sleep(0.05)
+    return execution_id
+
+
 async def test_stopping_a_runner_hands_long_work_back_and_another_runner_finishes_it(
     api, runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
 ):
     sleep = unique_sleep(30)
-    ran_once = tmp_path / "ran-once"
     first = await runner_factory(name="r-leaves", drain_timeout=0.5)
-    task = await make_task(command=first_run_sleeps(ran_once, sleep))
-    execution_id = await start_task(task["id"])
     try:
-        await wait_running_on(api, execution_id, "r-leaves")
-        while not ran_once.exists():
-            await asyncio.sleep(0.05)
-
+        execution_id = await _start_long_run_on(first, api, make_task, start_task, tmp_path, sleep)
         await runner_factory.stop(first)
 
         handed_back = await api.call("exec", "get", {"id": execution_id})
@@ -210,16 +216,10 @@ async def test_a_handed_back_run_is_free_for_another_runner_at_once(
     api, runner_factory, make_task, start_task, wait_exec, tmp_path
 ):
     sleep = unique_sleep(30)
-    ran_once = tmp_path / "ran-once"
     # A long ack_wait (30 s by default): a hand-back must not have to wait for it.
     first = await runner_factory(name="r-leaves", ack_wait=10.0, drain_timeout=0.3)
-    task = await make_task(command=first_run_sleeps(ran_once, sleep))
-    execution_id = await start_task(task["id"])
     try:
-        await wait_running_on(api, execution_id, "r-leaves")
-        while not ran_once.exists():
-            await asyncio.sleep(0.05)
-
+        execution_id = await _start_long_run_on(first, api, make_task, start_task, tmp_path, sleep)
         await runner_factory.stop(first)
 
         await runner_factory(name="r-takes-over")
