@@ -3,28 +3,14 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from expectations import api_error, parse_time
 
 from broker.errors import ApiError
-
-RFC3339_MS_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
-
-
-async def api_error(awaitable) -> ApiError:
-    with pytest.raises(ApiError) as info:
-        await awaitable
-    return info.value
-
-
-def parse_time(text: str | None) -> datetime:
-    assert text is not None, "expected a time, got null"
-    assert RFC3339_MS_UTC.match(text), f"{text!r} is not RFC 3339 UTC with milliseconds"
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 def now() -> datetime:

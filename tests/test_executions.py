@@ -15,9 +15,8 @@ import uuid
 from typing import Any
 
 import pytest
+from expectations import expect_error
 from nats.js.errors import NotFoundError
-
-from broker.errors import ApiError
 
 RUNS, TRIGGERS, EVENTS = "BD_RUNS", "BD_TRIGGERS", "BD_EVENTS"
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -82,13 +81,6 @@ async def publish_trigger(nc, org: str, trigger: dict[str, Any], msg_id: str | N
     return await nc.jetstream().publish(
         f"bd.{org}.trigger.{trigger['batch_id']}", json.dumps(trigger).encode(), headers={"Nats-Msg-Id": msg_id}
     )
-
-
-async def expect_error(code: int, call) -> ApiError:
-    with pytest.raises(ApiError) as caught:
-        await call
-    assert caught.value.code == code, caught.value
-    return caught.value
 
 
 # ---- task.start ---------------------------------------------------------------------

@@ -7,14 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-
-from broker.errors import ApiError
-
-
-async def api_error(awaitable) -> ApiError:
-    with pytest.raises(ApiError) as info:
-        await awaitable
-    return info.value
+from expectations import api_error
 
 
 def ids(page: dict[str, Any]) -> list[str]:

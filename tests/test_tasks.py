@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+from expectations import api_error, parse_time
 
 from broker.errors import ApiError
 
-RFC3339_MS_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-
-
-async def api_error(awaitable) -> ApiError:
-    """The ApiError a call raises (fails the test when it succeeds)."""
-    with pytest.raises(ApiError) as info:
-        await awaitable
-    return info.value
-
-
-def parse_time(text: str) -> datetime:
-    assert RFC3339_MS_UTC.match(text), f"{text!r} is not RFC 3339 UTC with milliseconds"
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 def ulid_ms(text: str) -> int:

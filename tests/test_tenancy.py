@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from expectations import expect_error
 
 from broker.client import ApiClient
-from broker.errors import ApiError
 
 
 @pytest.fixture
@@ -30,17 +30,10 @@ async def world(api, make_task, make_batch) -> dict[str, Any]:
     return {"task": task, "batch": batch, "execution_id": execution_id}
 
 
-async def expect(code: int, call) -> ApiError:
-    with pytest.raises(ApiError) as caught:
-        await call
-    assert caught.value.code == code, caught.value
-    return caught.value
-
-
 async def test_other_org_cannot_get_anything(world, other):
-    await expect(404, other.call("task", "get", {"id": world["task"]["id"]}))
-    await expect(404, other.call("batch", "get", {"id": world["batch"]["id"]}))
-    await expect(404, other.call("exec", "get", {"id": world["execution_id"]}))
+    await expect_error(404, other.call("task", "get", {"id": world["task"]["id"]}))
+    await expect_error(404, other.call("batch", "get", {"id": world["batch"]["id"]}))
+    await expect_error(404, other.call("exec", "get", {"id": world["execution_id"]}))
 
 
 async def test_other_org_lists_are_empty(world, other):
@@ -57,9 +50,9 @@ async def test_other_org_lists_are_empty(world, other):
 
 async def test_other_org_cannot_update(api, world, other):
     task, batch = world["task"], world["batch"]
-    await expect(404, other.call("task", "update", {"id": task["id"], "name": "hijacked"}))
-    await expect(404, other.call("batch", "update", {"id": batch["id"], "name": "hijacked"}))
-    await expect(404, other.call("batch", "status", {"id": batch["id"], "is_enabled": True}))
+    await expect_error(404, other.call("task", "update", {"id": task["id"], "name": "hijacked"}))
+    await expect_error(404, other.call("batch", "update", {"id": batch["id"], "name": "hijacked"}))
+    await expect_error(404, other.call("batch", "status", {"id": batch["id"], "is_enabled": True}))
     assert (await api.call("task", "get", {"id": task["id"]}))["name"] == "a-task"
     got = await api.call("batch", "get", {"id": batch["id"]})
     assert got["name"] == "a-batch" and got["is_enabled"] is False
@@ -68,16 +61,16 @@ async def test_other_org_cannot_update(api, world, other):
 
 async def test_other_org_cannot_delete(api, world, other):
     task, batch = world["task"], world["batch"]
-    await expect(404, other.call("batch", "delete", {"id": batch["id"]}))
-    await expect(404, other.call("task", "delete", {"id": task["id"], "force": True}))
+    await expect_error(404, other.call("batch", "delete", {"id": batch["id"]}))
+    await expect_error(404, other.call("task", "delete", {"id": task["id"], "force": True}))
     assert (await api.call("task", "get", {"id": task["id"]}))["deleted_at"] is None
     assert (await api.call("batch", "get", {"id": batch["id"]}))["deleted_at"] is None
     assert (await api.call("batch", "list", {}))["total"] == 1
 
 
 async def test_other_org_cannot_start(api, nc, world, other):
-    await expect(404, other.call("task", "start", {"id": world["task"]["id"]}))
-    await expect(404, other.call("batch", "start", {"id": world["batch"]["id"]}))
+    await expect_error(404, other.call("task", "start", {"id": world["task"]["id"]}))
+    await expect_error(404, other.call("batch", "start", {"id": world["batch"]["id"]}))
     assert (await other.call("exec", "list", {}))["total"] == 0
     assert (await api.call("exec", "list", {}))["total"] == 1
     # nothing was enqueued for the other org
@@ -86,7 +79,7 @@ async def test_other_org_cannot_start(api, nc, world, other):
 
 
 async def test_other_org_cannot_cancel(api, world, other):
-    await expect(404, other.call("exec", "cancel", {"id": world["execution_id"]}))
+    await expect_error(404, other.call("exec", "cancel", {"id": world["execution_id"]}))
     assert (await api.call("exec", "get", {"id": world["execution_id"]}))["status"] == "queued"
 
 
@@ -98,7 +91,7 @@ async def test_batch_cannot_reference_another_orgs_task(world, other):
         "run_on_startup": False,
         "actions": [{"task_id": world["task"]["id"]}],
     }
-    err = await expect(400, other.call("batch", "create", body))
+    err = await expect_error(400, other.call("batch", "create", body))
     assert err.details.get("missing") == [world["task"]["id"]]
     assert (await other.call("batch", "list", {}))["total"] == 0
 
@@ -116,7 +109,7 @@ async def test_batch_update_cannot_reference_another_orgs_task(world, other):
             "actions": [{"task_id": own_task["id"]}],
         },
     )
-    err = await expect(
+    err = await expect_error(
         400, other.call("batch", "update", {"id": own_batch["id"], "actions": [{"task_id": world["task"]["id"]}]})
     )
     assert err.details.get("missing") == [world["task"]["id"]]
