@@ -151,9 +151,7 @@ async def _retrying(publish) -> None:
         try:
             await publish()
             return
-        except (asyncio.TimeoutError, OSError, Exception) as err:  # noqa: BLE001 - any NATS trouble
-            if isinstance(err, asyncio.CancelledError):
-                raise
+        except Exception as err:  # noqa: BLE001 - any NATS trouble (a cancel is not an Exception)
             log.warning("event publish failed (%s); retrying", err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -139,7 +139,7 @@ class RunExecutor:
         last_result: dict[str, Any] | None = None
         for index, task in enumerate(self.run.command.tasks):
             action = self.execution.actions[index]
-            if stopped_by is not None or self._stopping():
+            if stopped_by is not None or self.run.cancel.is_set():
                 action.status = "canceled" if self.run.cancel.is_set() else "skipped"
                 continue
             outcome = await self._run_action(index, task)
@@ -160,9 +160,6 @@ class RunExecutor:
         batch = self.run.command.batch
         return bool(batch and batch.actions[index].continue_on_error)
 
-    def _stopping(self) -> bool:
-        return self.run.cancel.is_set()
-
     async def _run_action(self, index: int, task: Task) -> Outcome:
         action = self.execution.actions[index]
         attempts = 0
@@ -174,7 +171,7 @@ class RunExecutor:
             outcome = await self._run_once(index, task)
             action.status, action.exit_code, action.error = outcome.status, outcome.exit_code, outcome.error
             action.finished_at = now_iso()
-            if outcome.status != "failed" or not outcome.retryable or attempts > task.retries or self._stopping():
+            if outcome.status != "failed" or not outcome.retryable or attempts > task.retries or self.run.cancel.is_set():
                 break
             delay = task.retry_backoff_sec * (2 ** (attempts - 1))
             await self._runner_line(
@@ -186,7 +183,7 @@ class RunExecutor:
                 await asyncio.wait_for(self.run.cancel.wait(), delay)
             except asyncio.TimeoutError:
                 pass
-            if self._stopping():
+            if self.run.cancel.is_set():
                 outcome = Outcome("canceled", outcome.exit_code, error="canceled while waiting to retry")
                 action.status, action.error = outcome.status, outcome.error
                 break

@@ -102,16 +102,12 @@ async def _pump(stream: asyncio.StreamReader | None, name: str, sink: Sink) -> N
         start = 0
         while True:
             end = chunk.find(b"\n", start)
-            if end < 0:
-                room = MAX_PENDING_LINE - len(pending)
-                piece = chunk[start:]
-                pending += piece[:room]
-                dropped += max(0, len(piece) - room)
-                break
-            piece = chunk[start:end]
+            piece = chunk[start:] if end < 0 else chunk[start:end]
             room = MAX_PENDING_LINE - len(pending)
             pending += piece[:room]
             dropped += max(0, len(piece) - room)
+            if end < 0:
+                break  # the line goes on in the next chunk
             await sink(name, _text(pending, dropped))
             pending.clear()
             dropped = 0

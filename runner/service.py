@@ -86,7 +86,7 @@ class RunnerService:
         self._heartbeat_loop: asyncio.Task[None] | None = None
         self._claim_loops: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
-        self._subs: list[Any] = []
+        self._cancel_sub: Any = None
 
     # ---- lifecycle ---------------------------------------------------------------
 
@@ -95,7 +95,7 @@ class RunnerService:
         self.modules = load_modules()
         self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace,
                                   StartCounter(self.buckets.task_starts, self.id))
-        self._subs.append(await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel))
+        self._cancel_sub = await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel)
         await self._heartbeat()
         self._heartbeat_loop = asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat")
         self._claim_loops = [
@@ -138,8 +138,8 @@ class RunnerService:
         if self._heartbeat_loop is not None:
             self._heartbeat_loop.cancel()
             await asyncio.gather(self._heartbeat_loop, return_exceptions=True)
-        for sub in self._subs:
-            await sub.unsubscribe()
+        if self._cancel_sub is not None:
+            await self._cancel_sub.unsubscribe()
         try:  # acks and naks are buffered publishes: send them before the connection goes
             await self.nc.flush(timeout=5)
         except Exception as err:
@@ -180,9 +180,9 @@ class RunnerService:
 
     async def _claim_forever(self, pool: str) -> None:
         while self._claiming:
+            sub = None
             try:
                 sub = await self._subscription(pool)
-                self._subs.append(sub)
                 while self._claiming:
                     free = self.concurrency - len(self._runs) - self._reserved
                     if free <= 0:
@@ -215,6 +215,9 @@ class RunnerService:
             except Exception as err:  # server restart, consumer gone: re-create it
                 log.warning("claiming on pool %s: %r; retrying", pool, err)
                 await asyncio.sleep(1.0)
+            finally:
+                if sub is not None:  # each attempt binds anew: drop this one's inbox
+                    await _quietly(sub.unsubscribe())
 
     def _run_done(self, task: asyncio.Task[None]) -> None:
         self._runs.discard(task)
@@ -344,3 +347,9 @@ class RunnerService:
             except Exception as err:
                 log.warning("heartbeat failed: %s", err)
 
+
+async def _quietly(awaitable) -> None:
+    try:
+        await awaitable
+    except Exception as err:  # the connection may be gone already
+        log.debug("ignored while cleaning up: %r", err)
