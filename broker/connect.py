@@ -24,11 +24,6 @@ class ConnectOptions:
     name: str = "batchdeck"
 
 
-def _tls_context(ca_file: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    return context
-
-
 async def connect(options: ConnectOptions, *, service: bool = False, **overrides: Any) -> Client:
     """Connect to NATS.
 
@@ -44,7 +39,7 @@ async def connect(options: ConnectOptions, *, service: bool = False, **overrides
     if options.token:
         kwargs["token"] = options.token
     if options.tls_ca:
-        kwargs["tls"] = _tls_context(options.tls_ca)
+        kwargs["tls"] = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=options.tls_ca)
     nc = Client()
     if service:
         kwargs.update(

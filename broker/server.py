@@ -156,13 +156,6 @@ class EmbeddedServer:
     async def astop(self, grace: float = 10.0) -> None:
         await asyncio.to_thread(self.stop, grace)
 
-    def __enter__(self) -> "EmbeddedServer":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def _log_says_ready(log_file: Path, offset: int) -> bool:
     try:
