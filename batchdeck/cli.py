@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on shutdown, how long running work may finish before it is handed back")
 
+    scheduler = sub.add_parser("scheduler", parents=[common],
+                               help="run a scheduler replica: batch schedules -> triggers (run several for HA)")
+    scheduler.add_argument("--name", help="replica id (default: host-pid-random)")
+
     commands.add_parsers(sub, common)
     return parser
 
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
     if args.command == "runner":
         _check_runner_args(parser, args)
+    if args.command == "scheduler" and args.name is not None and not re.match(ID_PATTERN, args.name):
+        parser.error("--name takes 1-64 letters, digits, '_' or '-'")
     try:
         return asyncio.run(_dispatch(args))
     except ApiError as err:
@@ -136,6 +142,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas)
     elif args.command == "runner":
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
+    elif args.command == "scheduler":
+        await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name)
     else:
         nc = await _client_connection(args)
         try:

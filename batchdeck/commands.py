@@ -41,6 +41,16 @@ def _pairs(items: list[str] | None, flag: str, parse: bool = True) -> dict[str, 
     return result
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1000:
+        raise argparse.ArgumentTypeError("use 1 to 1000")
+    return value
+
+
 def _usage(message: str) -> int:
     print(f"batchdeck: error: {message}", file=sys.stderr)
     return 2
@@ -192,6 +202,18 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
         else:
             for item in reply["deleted"]:
                 output.console.print(f"deleted {item['kind']} {item['id']}", highlight=False)
+    elif verb == "next":
+        reply = await api.call("batch", "next", {"id": args.id, "count": args.count})
+        if args.json:
+            output.print_json(reply)
+        else:
+            output.print_next(reply)
+    elif verb == "triggers":
+        page = await api.call("batch", "triggers", {"id": args.id, "page": args.page, "per_page": args.per_page})
+        if args.json:
+            output.print_json(page)
+        else:
+            output.print_page("trigger", page)
     elif verb in ("enable", "disable"):
         _show(args, await api.call("batch", "status", {"id": args.id, "is_enabled": verb == "enable"}))
     elif verb == "start":
@@ -241,6 +263,13 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             for verb in ("enable", "disable"):
                 toggle = verbs.add_parser(verb, parents=[common], help=f"{verb} the schedule")
                 toggle.add_argument("id")
+            upcoming = verbs.add_parser("next", parents=[common], help="the next fire times")
+            upcoming.add_argument("id")
+            upcoming.add_argument("--count", type=_count, default=5, metavar="N", help="how many (1-1000, default 5)")
+            fired = verbs.add_parser("triggers", parents=[common], help="its triggers, newest first, with their lag")
+            fired.add_argument("id")
+            fired.add_argument("--page", type=int, default=1)
+            fired.add_argument("--per-page", type=int, default=50)
         if kind == "exec":
             cancel = verbs.add_parser("cancel", parents=[common], help="cancel a queued or running execution")
             cancel.add_argument("id")

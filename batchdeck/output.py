@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from rich.console import Console
 from rich.table import Table
@@ -67,6 +68,39 @@ def _span(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
+def _utc(value: str | None) -> str:
+    if not value:
+        return ""
+    try:
+        return parse_iso(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    except ValueError:
+        return value
+
+
+def lag(trigger: dict[str, Any]) -> str:
+    """fired_at - scheduled_at of a trigger, in milliseconds."""
+    try:
+        delta = parse_iso(trigger["fired_at"]) - parse_iso(trigger["scheduled_at"])
+    except (KeyError, TypeError, ValueError):
+        return ""
+    return f"{delta.total_seconds() * 1000:.0f} ms"
+
+
+def print_next(reply: dict[str, Any]) -> None:
+    """`batch next`: fire times in UTC and in the batch's timezone."""
+    zone = ZoneInfo(reply["timezone"])
+    state = "" if reply.get("is_enabled") else "  [yellow](disabled: it will not fire until enabled)[/yellow]"
+    console.print(f"cron {reply['cron']}  timezone {reply['timezone']}{state}", highlight=False)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for title in ("#", "UTC", f"LOCAL ({reply['timezone']})", "WHEN"):
+        table.add_column(title)
+    for number, value in enumerate(reply["items"], 1):
+        moment = parse_iso(value)
+        table.add_row(str(number), moment.strftime("%Y-%m-%d %H:%M:%S"),
+                      moment.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z"), when_short(value))
+    console.print(table)
+
+
 def duration(ms: int | None) -> str:
     if ms is None:
         return ""
@@ -115,6 +149,15 @@ COLUMNS: dict[str, list[Column]] = {
         ("NEXT RUN", lambda b: when_short(b.get("next_run_at"))),
         ("ACTIONS", lambda b: str(len(b.get("actions") or []))),
         ("VERSION", lambda b: str(b.get("version"))),
+    ],
+    "trigger": [
+        ("SCHEDULED", lambda t: _utc(t.get("scheduled_at")) or "-"),
+        ("FIRED", lambda t: _utc(t.get("fired_at"))),
+        ("LAG", lambda t: lag(t)),
+        ("SOURCE", lambda t: t.get("source")),
+        ("STATUS", lambda t: status(t.get("status"))),
+        ("EXECUTION", lambda t: t.get("execution_id") or ""),
+        ("ERROR", lambda t: t.get("error") or ""),
     ],
     "exec": [
         ("ID", lambda e: e["id"]),

@@ -1,5 +1,6 @@
 """Long-running commands: `batchdeck up` (everything on the embedded server),
-`batchdeck server` (the embedded nats-server alone) and `batchdeck broker`.
+`batchdeck server` (the embedded nats-server alone), `batchdeck broker`, `runner` and
+`scheduler`.
 
 Each runs until Ctrl-C or SIGTERM, then stops its parts in reverse order: services
 first, so nothing is cut mid-request, the server last.
@@ -22,6 +23,7 @@ from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from batchdeck import demo, output
 from runner.service import RunnerService
+from scheduler.service import SchedulerService
 
 log = logging.getLogger("batchdeck")
 
@@ -66,6 +68,18 @@ async def run_runner(options: ConnectOptions, args) -> None:
         await wait_for_stop_signal()
     finally:
         await runner.stop()
+        await nc.drain()
+
+
+async def run_scheduler(options: ConnectOptions, name: str | None) -> None:
+    """`batchdeck scheduler`: one scheduler replica until SIGTERM."""
+    nc = await connect(options, service=True)
+    scheduler = SchedulerService(nc, name)
+    try:
+        await scheduler.start()
+        await wait_for_stop_signal()
+    finally:
+        await scheduler.stop()
         await nc.drain()
 
 
@@ -123,12 +137,14 @@ async def run_up(
     """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
     server = EmbeddedServer(data_dir, port=port, host=host)
     await server.astart()
-    nc = plane = None
+    nc = plane = scheduler = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
         nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
         plane = ControlPlane(nc, nc.jetstream())
         _report_drift(await plane.start())
+        scheduler = SchedulerService(nc)
+        await scheduler.start()
         workers = start_runner_processes(server.url, org, runners)
         if seed_demo:
             created = await demo.seed(ApiClient(nc, org))
@@ -137,6 +153,8 @@ async def run_up(
         await wait_for_stop_signal()
         output.console.print("stopping…")
     finally:
+        if scheduler is not None:
+            await scheduler.stop()
         await stop_processes(workers)
         if plane is not None:
             await plane.stop()
@@ -151,6 +169,7 @@ def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bo
     console.print(f"  data dir  {data_dir}", highlight=False)
     console.print(f"  org       {org}", highlight=False)
     console.print(f"  runners   {runners} (pool 'default')", highlight=False)
+    console.print("  scheduler 1 replica", highlight=False)
     console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
     if not headless:
         console.print("  [dim]the terminal dashboard is not part of this build yet; running headless[/dim]")

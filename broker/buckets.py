@@ -8,7 +8,7 @@ from nats.js import JetStreamContext
 
 from broker import streams
 from broker.records import Records
-from broker.types import Batch, Execution, Runner, Task, TaskRuntime, TaskStarts
+from broker.types import Batch, BatchRun, Execution, Runner, Task, TaskRuntime, TaskStarts
 
 
 @dataclass
@@ -19,6 +19,7 @@ class Buckets:
     batches: Records[Batch]
     execs: Records[Execution]
     runners: Records[Runner]
+    batch_runs: Records[BatchRun]
 
 
 async def open_buckets(js: JetStreamContext) -> Buckets:
@@ -30,5 +31,6 @@ async def open_buckets(js: JetStreamContext) -> Buckets:
         batches=Records(await js.key_value(streams.BATCHES_BUCKET), Batch),
         execs=Records(await js.key_value(streams.EXECS_BUCKET), Execution),
         runners=Records(await js.key_value(streams.RUNNERS_BUCKET), Runner, versioned=False),
+        batch_runs=Records(await js.key_value(streams.BATCH_RUNS_BUCKET), BatchRun),
     )
 

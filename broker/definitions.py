@@ -29,6 +29,7 @@ from broker.types import (
     TASK_READ_ONLY,
     Batch,
     BatchDeleteRequest,
+    BatchNextRequest,
     BatchSpec,
     BatchStatusRequest,
     DefinitionEvent,
@@ -76,11 +77,8 @@ def next_run_at(batch: Batch, after: datetime | None = None) -> str | None:
     """When an enabled, live batch fires next (RFC 3339), else None."""
     if not batch.is_enabled or batch.deleted_at is not None:
         return None
-    moment = after or datetime.now(timezone.utc)
-    try:
-        return to_iso(schedule.next_times(batch.effective_cron(), batch.timezone, moment)[0])
-    except ValueError:  # a schedule that stopped firing (its last date has passed)
-        return None
+    times = schedule.next_times(batch.effective_cron(), batch.timezone, after or datetime.now(timezone.utc))
+    return to_iso(times[0]) if times else None
 
 
 async def _no_modules(org: str) -> list[ModuleInfo]:
@@ -247,6 +245,14 @@ class Definitions:
             batches = [b for b in batches if b.deleted_at is None]
         now = datetime.now(timezone.utc)
         return page_of([_with_next_run(b, now) for b in batches], request, BATCH_FIELDS, default_sort="name")
+
+    async def next_fires(self, org: str, body: bytes) -> dict[str, Any]:
+        """The next `count` fire times of a batch (also for a disabled one: what it would do)."""
+        request = codec.decode_request(body, BatchNextRequest)
+        batch = await self.load_batch(org, request.id)
+        times = schedule.next_times(batch.effective_cron(), batch.timezone, datetime.now(timezone.utc), request.count)
+        return {"items": [to_iso(t) for t in times], "cron": batch.effective_cron(), "timezone": batch.timezone,
+                "is_enabled": batch.is_enabled}
 
     async def update_batch(self, org: str, body: bytes) -> Batch:
         batch_id, version, changes = _update_body(body, BATCH_READ_ONLY)

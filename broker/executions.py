@@ -21,7 +21,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from broker import codec, ids, subjects
+from broker import codec, ids, stream_tail, streams, subjects
 from broker.buckets import Buckets
 from broker.definitions import Definitions
 from broker.client import reply_error
@@ -33,7 +33,9 @@ from broker.types import (
     RUNNER_ALIVE_SECONDS,
     ActionState,
     Batch,
+    BatchRun,
     BatchStartRequest,
+    BatchTriggersRequest,
     EmptyRequest,
     ExecCancelRequest,
     Execution,
@@ -99,7 +101,8 @@ class Executions:
     ) -> Execution:
         """Turn a trigger into exactly one execution of its batch and publish the
         trigger event. Idempotent: the same trigger again returns the same execution.
-        Only a `manual` start (batch.start) runs a disabled batch."""
+        Only a `manual` start (batch.start) runs a disabled batch. The batch's
+        `concurrency` policy decides what happens while an earlier run is active."""
         execution_id = ids.derived_id(trigger.trigger_id, "exec")
         existing = await self.buckets.execs.get(org, execution_id)
         if existing is not None:
@@ -127,13 +130,72 @@ class Executions:
             trace=all(t.trace for t in tasks),
             deadline=deadline,
         )
-        command = RunCommand(execution_id=execution.id, org=org, batch=_snapshot_batch(batch), tasks=snapshots,
-                             context=trigger.context, deadline=deadline)
-        execution = await self._enqueue(execution, command)
+        active = await self._admit(batch, execution, manual)
+        if execution.status == "skipped":
+            execution = await self._record_skipped(execution)
+        else:
+            command = RunCommand(execution_id=execution.id, org=org, batch=_snapshot_batch(batch), tasks=snapshots,
+                                 context=trigger.context, deadline=deadline)
+            execution = await self._enqueue(execution, command)
+            if active is not None:
+                await self._replace(active, execution)
         trigger.execution_id, trigger.status, trigger.org = execution.id, execution.status, org
+        trigger.error = trigger.error or (execution.error if execution.status == "skipped" else None)
         trigger.fired_at = trigger.fired_at or execution.queued_at
         await self.js.publish(subjects.trigger_event(org, batch.id), codec.encode(trigger))
         return execution
+
+    async def _admit(self, batch: Batch, execution: Execution, manual: bool) -> Execution | None:
+        """Apply the batch's concurrency policy to a new execution. Marks it `skipped`
+        (`forbid`, scheduled) or raises Conflict (`forbid`, manual); returns the active
+        run that `replace` must cancel once the new one is queued, else None.
+
+        The batch's slot in `bd_batch_runs` is claimed by compare-and-set, so two
+        triggers of one batch handled at the same moment cannot both see it idle."""
+        if batch.concurrency == "allow":
+            return None
+        org = execution.org
+        for _ in range(10):
+            slot = await self.buckets.batch_runs.get(org, batch.id)
+            active = await self.buckets.execs.get(org, slot.execution_id) if slot is not None else None
+            if active is not None and (active.is_final or active.id == execution.id):
+                active = None
+            if active is not None and batch.concurrency == "forbid":
+                reason = (f"batch {batch.id!r} is still running execution {active.id} ({active.status}); "
+                          "its concurrency policy is forbid")
+                if manual:
+                    raise Conflict(reason, {"execution_id": active.id, "concurrency": "forbid"})
+                execution.status, execution.error = "skipped", reason
+                return None
+            claim = BatchRun(execution_id=execution.id, trigger_id=execution.trigger_id)
+            try:
+                if slot is None:
+                    await self.buckets.batch_runs.create(org, batch.id, claim)
+                else:
+                    await self.buckets.batch_runs.update(org, batch.id, claim, slot.version)
+            except VersionConflict:
+                continue  # another trigger of this batch got there first: look again
+            return active
+        raise Conflict(f"batch {batch.id!r} is being triggered too often at once; try again")
+
+    async def _record_skipped(self, execution: Execution) -> Execution:
+        execution.finished_at = execution.queued_at
+        for action in execution.actions:
+            action.status = "skipped"
+        try:
+            execution = await self.buckets.execs.create(execution.org, execution.id, execution)
+        except VersionConflict:
+            return await self.buckets.execs.get(execution.org, execution.id) or execution
+        await self._publish_state(execution)
+        return execution
+
+    async def _replace(self, active: Execution, successor: Execution) -> None:
+        """`replace`: cancel the run the new one replaces. One that cannot be cancelled
+        (not cancellable, finished meanwhile) is left to end on its own."""
+        try:
+            await self.cancel_execution(active.org, active.id, f"replaced by execution {successor.id}")
+        except (Conflict, NotFound) as err:
+            log.info("batch %s: execution %s not replaced: %s", active.batch_id, active.id, err.message)
 
     async def _enqueue(self, execution: Execution, command: RunCommand) -> Execution:
         org = execution.org
@@ -169,6 +231,16 @@ class Executions:
 
     # ---- reading -----------------------------------------------------------------
 
+    async def triggers(self, org: str, body: bytes) -> Page:
+        """A batch's triggers, newest first, from the trigger events on BD_EVENTS."""
+        request = codec.decode_request(body, BatchTriggersRequest)
+        await self.definitions.load_batch(org, request.id, live=False)
+        tail = await stream_tail.tail_page(self.js, streams.EVENTS, subjects.trigger_event(org, request.id),
+                                           request.page, request.per_page)
+        items = [codec.decode(data, Trigger) for data in tail.items]
+        return Page(items=items, page=request.page, per_page=request.per_page, total=tail.total,
+                    pages=-(-tail.total // request.per_page))
+
     async def load(self, org: str, execution_id: str) -> Execution:
         execution = await self.buckets.execs.get(org, execution_id)
         if execution is None:
@@ -187,17 +259,21 @@ class Executions:
     # ---- cancelling --------------------------------------------------------------
 
     async def cancel(self, org: str, body: bytes) -> dict[str, Any]:
+        request = codec.decode_request(body, ExecCancelRequest)
+        return await self.cancel_execution(org, request.id)
+
+    async def cancel_execution(self, org: str, execution_id: str, reason: str = "canceled before it started"
+                               ) -> dict[str, Any]:
         """Cancel an execution: a queued one ends `canceled` at once; for a running one the
         flag is set and the request forwarded to the runner holding it."""
-        request = codec.decode_request(body, ExecCancelRequest)
         for _ in range(10):
-            execution = await self.load(org, request.id)
+            execution = await self.load(org, execution_id)
             _check_cancellable(execution)
             queued = execution.status == "queued"
             execution.cancel_requested = True
             if queued:
                 execution.status, execution.finished_at = "canceled", now_iso()
-                execution.error = "canceled before it started"
+                execution.error = reason
                 for action in execution.actions:
                     action.status = "canceled"
             try:
@@ -208,7 +284,7 @@ class Executions:
             if queued:
                 return {"acknowledged": "ok"}
             return await self._forward_cancel(org, execution.id)
-        raise Conflict(f"execution {request.id!r} keeps changing; try again")
+        raise Conflict(f"execution {execution_id!r} keeps changing; try again")
 
     async def _forward_cancel(self, org: str, execution_id: str) -> dict[str, Any]:
         try:

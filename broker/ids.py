@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -37,3 +39,18 @@ def derived_id(source_id: str, salt: str) -> str:
 
 def _is_ulid(text: str) -> bool:
     return len(text) == 26 and all(c in _ALPHABET for c in text.upper())
+
+
+def tick_id(key: str, at_ms: int) -> str:
+    """A ULID-shaped id that is a pure function of `key`, with `at_ms` as its time part:
+    every scheduler replica names the same tick the same, so the execution derived from
+    it is one even when the tick is re-published after the de-duplication window."""
+    digest = hashlib.sha256(f"tick:{key}".encode()).digest()
+    return _base32(at_ms, 10) + _base32(int.from_bytes(digest[:10], "big"), 16)
+
+
+def instance_id() -> str:
+    """A service instance's default id, `{host}-{pid}-{random}`, usable as one KV key
+    token: the host name's dots and other characters are made dashes."""
+    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40].strip("-") or "instance"
+    return f"{host}-{os.getpid()}-{new_id()[-4:].lower()}"

@@ -7,11 +7,24 @@ Accepted cron forms:
 - macros: `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`.
 
 Times are computed in the batch's IANA timezone and returned in UTC.
+
+Daylight-saving transitions follow the rule of Vixie cron, keyed on the hour field:
+- a schedule with *fixed hours* (no `*` in the hour field, e.g. `30 2 * * *` or
+  `*/15 2 * * *`) whose local times fall into the hour skipped when clocks go forward
+  fires once, at the first instant after the gap (03:00 local), however many of its
+  ticks fell into the gap; in the hour that repeats when clocks go back it fires in the
+  first pass only. Nothing fires twice, nothing is silently lost.
+- a schedule with *wildcard hours* (`*` in the hour field, e.g. `*/15 * * * *`,
+  `@hourly`) follows real time: the skipped hour has no ticks and the repeated hour has
+  both passes, so the interval between runs stays what it says.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import functools
+import heapq
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, CroniterBadDateError, croniter
@@ -40,6 +53,7 @@ class ScheduleError(ValueError):
     """An invalid cron expression, structured schedule or timezone."""
 
 
+@functools.lru_cache(maxsize=4096)  # validating costs ~0.5 ms; list replies and the scheduler ask again and again
 def normalize_cron(expression: str) -> str:
     """The expression with macros expanded and whitespace collapsed; raises ScheduleError."""
     text = " ".join(expression.split())
@@ -105,8 +119,80 @@ def structured_to_cron(schedule: dict[str, list[int]]) -> str:
 
 
 def next_times(expression: str, tz_name: str, after: datetime, count: int = 1) -> list[datetime]:
-    """The next `count` fire times strictly after `after`, as aware UTC datetimes."""
+    """The next `count` fire times strictly after `after`, as aware UTC datetimes; fewer
+    when the schedule stops firing (a year field in the past: croniter gives up)."""
+    times = fire_times(expression, tz_name, after)
+    found: list[datetime] = []
+    try:
+        while len(found) < count:
+            found.append(next(times))
+    except CroniterBadDateError:
+        pass
+    return found
+
+
+MAX_DST_SHIFT = timedelta(hours=3)
+"""Larger than any clock change in the tz database (2 h at most): how far back the local
+iteration starts when `after` lies in or just after a repeated hour."""
+
+
+def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datetime]:
+    """Every fire time strictly after `after`, ascending, as aware UTC datetimes.
+
+    Iterates the cron in naive local time (so a day is a calendar day whatever its
+    length) and maps each local time to instants by the DST rule of this module.
+    """
     cron = normalize_cron(expression)
     tz = zone(tz_name)
-    iterator = croniter(cron, after.astimezone(tz), second_at_beginning=len(cron.split(" ")) == 6)
-    return [iterator.get_next(datetime).astimezone(timezone.utc) for _ in range(count)]
+    fields = cron.split(" ")
+    fixed_hours = "*" not in fields[-4]
+    after = after.astimezone(timezone.utc)
+    start = after.astimezone(tz)
+    offsets = {(after + shift).astimezone(tz).utcoffset() for shift in (-MAX_DST_SHIFT, MAX_DST_SHIFT)}
+    if offsets != {start.utcoffset()}:
+        # Near a clock change the second pass of an earlier local time may come after `after`.
+        start = (after - MAX_DST_SHIFT).astimezone(tz)
+    local = croniter(cron, start.replace(tzinfo=None), second_at_beginning=len(fields) == 6)
+    pending: list[datetime] = []
+    last: datetime | None = None
+    while True:
+        naive = local.get_next(datetime)
+        instants = _instants(naive, tz, fixed_hours)
+        for instant in instants:
+            heapq.heappush(pending, instant)
+        if not instants:
+            continue
+        # Later local times never map before the first pass of this one, so every
+        # pending instant up to it is final.
+        horizon = instants[0]
+        while pending and pending[0] <= horizon:
+            instant = heapq.heappop(pending)
+            if instant > after and instant != last:
+                last = instant
+                yield instant
+
+
+def _instants(naive: datetime, tz: ZoneInfo, fixed_hours: bool) -> list[datetime]:
+    """The UTC instants at which the local time `naive` happens, per the DST rule."""
+    first = naive.replace(tzinfo=tz, fold=0)
+    second = naive.replace(tzinfo=tz, fold=1)
+    first_utc = first.astimezone(timezone.utc)
+    if first.utcoffset() == second.utcoffset():
+        return [first_utc]
+    if first_utc.astimezone(tz).replace(tzinfo=None) != naive:  # skipped: clocks went forward
+        return [_gap_end(second.astimezone(timezone.utc), first_utc, tz)] if fixed_hours else []
+    if fixed_hours:  # repeated: clocks went back
+        return [first_utc]
+    return [first_utc, second.astimezone(timezone.utc)]
+
+
+def _gap_end(low: datetime, high: datetime, tz: ZoneInfo) -> datetime:
+    """The instant clocks jumped forward, between `low` (still before) and `high` (after)."""
+    before = low.astimezone(tz).utcoffset()
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(tz).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return high.replace(microsecond=0)

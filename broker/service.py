@@ -86,6 +86,8 @@ class ControlPlane:
             ("batch", "status"): d.set_batch_status,
             ("batch", "start"): e.start_batch,
             ("batch", "devices"): e.devices,
+            ("batch", "next"): d.next_fires,
+            ("batch", "triggers"): e.triggers,
             ("exec", "get"): e.get,
             ("exec", "list"): e.list,
             ("exec", "cancel"): e.cancel,

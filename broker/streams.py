@@ -9,11 +9,12 @@ operator's decision.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
 
 from broker import subjects
 
@@ -27,6 +28,8 @@ TASK_STARTS_BUCKET = "bd_task_starts"
 BATCHES_BUCKET = "bd_batches"
 EXECS_BUCKET = "bd_execs"
 RUNNERS_BUCKET = "bd_runners"
+BATCH_RUNS_BUCKET = "bd_batch_runs"
+SCHEDULER_BUCKET = "bd_scheduler"
 
 DAY = 24 * 3600.0
 DEFAULT_EVENTS_MAX_AGE = 7 * DAY
@@ -49,6 +52,8 @@ BUCKETS = (
     BucketSpec(BATCHES_BUCKET, 16, None, "batch definitions, key {org}.{id}; revision = version"),
     BucketSpec(EXECS_BUCKET, 1, 7 * DAY, "live execution state, key {org}.{id}"),
     BucketSpec(RUNNERS_BUCKET, 1, 1 * DAY, "runner heartbeats, key {org}.{runner id}"),
+    BucketSpec(BATCH_RUNS_BUCKET, 1, 7 * DAY, "the latest triggered execution of a batch, key {org}.{batch id}"),
+    BucketSpec(SCHEDULER_BUCKET, 1, None, "scheduler fleet: key epoch, and replica.{id} heartbeats"),
 )
 
 
@@ -66,7 +71,7 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
         ),
         StreamConfig(
             name=TRIGGERS,
-            description="batch triggers; Nats-Msg-Id {batch_id}@{scheduled_at} de-duplicates scheduler replicas",
+            description="batch triggers; Nats-Msg-Id {org}.{batch_id}@{scheduled_at} de-duplicates scheduler replicas",
             subjects=list(subjects.TRIGGERS_SUBJECTS),
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
@@ -153,6 +158,23 @@ async def wait_for_jetstream(js: JetStreamContext, timeout: float = 30.0) -> Non
             if loop.time() > deadline:
                 raise RuntimeError(f"JetStream is not available: {err}") from err
             await asyncio.sleep(0.1)
+
+
+async def wait_for_provisioning(js: JetStreamContext, log: logging.Logger) -> None:
+    """Wait until a broker has provisioned streams and buckets. Services other than the
+    broker wait rather than create them with settings (replicas) that are not theirs."""
+    said = False
+    while True:
+        try:
+            await wait_for_jetstream(js)
+            for name in (RUNS, TRIGGERS, EVENTS, *(f"KV_{spec.name}" for spec in BUCKETS)):
+                await js.stream_info(name)
+            return
+        except (NotFoundError, BucketNotFoundError):
+            if not said:
+                log.warning("streams and buckets are not provisioned yet; waiting for a broker to start")
+                said = True
+            await asyncio.sleep(1.0)
 
 
 async def provision(

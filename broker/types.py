@@ -315,6 +315,40 @@ class Trigger(Struct, kw_only=True):
         _check_time("fired_at", self.fired_at)
 
 
+class BatchRun(Struct, kw_only=True):
+    """The latest execution a batch's triggers started (KV `bd_batch_runs`, key
+    `{org}.{batch_id}`): what the `forbid` and `replace` concurrency policies look at."""
+
+    execution_id: str
+    trigger_id: str | None = None
+    version: int = 0
+
+
+class SchedulerReplica(Struct, kw_only=True):
+    """A scheduler replica's heartbeat in KV `bd_scheduler` (key `replica.{id}`).
+
+    `fired_through`: every tick up to this instant has been published by this replica;
+    the newest of all replicas' is where catch-up starts after the whole fleet was down."""
+
+    id: str
+    host: str = ""
+    pid: int | None = None
+    epoch: int = 0
+    started_at: Timestamp | None = None
+    heartbeat_at: Timestamp | None = None
+    fired_through: Timestamp | None = None
+    batches: int = 0
+
+
+class SchedulerEpoch(Struct, kw_only=True):
+    """KV `bd_scheduler` key `epoch`: one number per start of the scheduler fleet (a start
+    with no other replica alive); `run_on_startup` fires once per epoch."""
+
+    epoch: int
+    started_at: Timestamp
+    by: str
+
+
 class DefinitionEvent(Struct, kw_only=True):
     """`bd.{org}.evt.def.{kind}.{id}`: a definition after a change."""
 
@@ -409,6 +443,17 @@ class TaskStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
         _check_object_size("context", self.context)
         _check_object_size("params", self.params)
         _check_time("deadline", self.deadline)
+
+
+class BatchNextRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    count: Annotated[int, Meta(ge=1, le=1000)] = 5
+
+
+class BatchTriggersRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+    page: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
+    per_page: Annotated[int, Meta(ge=1, le=1000)] = 50
 
 
 class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):

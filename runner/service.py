@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import socket
 from typing import Any
 
@@ -26,7 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError, BucketNotFoundError, NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
@@ -43,12 +42,6 @@ HEARTBEAT_SECONDS = 5.0
 DEFAULT_ACK_WAIT = 30.0
 DEFAULT_GRACE = 10.0
 DEFAULT_DRAIN = 30.0
-
-
-def default_runner_id() -> str:
-    """`{host}-{pid}-{random}`, the host name's dots and other characters made dashes."""
-    host = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:40].strip("-") or "runner"
-    return f"{host}-{os.getpid()}-{ids.new_id()[-4:].lower()}"
 
 
 def consumer_name(org: str, pool: str) -> str:
@@ -74,7 +67,7 @@ class RunnerService:
         self.org = org
         self.pools = pools or ["default"]
         self.concurrency = concurrency
-        self.id = name or default_runner_id()
+        self.id = name or ids.instance_id()
         self.ack_wait = ack_wait
         self.grace = grace
         self.drain_timeout = drain_timeout
@@ -91,7 +84,8 @@ class RunnerService:
     # ---- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
-        self.buckets = await self._wait_for_buckets()
+        await streams.wait_for_provisioning(self.js, log)
+        self.buckets = await open_buckets(self.js)
         self.modules = load_modules()
         self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace,
                                   StartCounter(self.buckets.task_starts, self.id))
@@ -103,21 +97,6 @@ class RunnerService:
         ]
         log.info("runner %s serving org %s pools %s (concurrency %d, modules %s)", self.id, self.org,
                  ",".join(self.pools), self.concurrency, ",".join(sorted(self.modules)) or "none")
-
-    async def _wait_for_buckets(self):
-        """Streams and buckets are the broker's to provision (with the cluster's replica
-        count): wait for them rather than create them with the wrong settings."""
-        said = False
-        while True:
-            try:
-                await streams.wait_for_jetstream(self.js)
-                await self.js.stream_info(streams.RUNS)
-                return await open_buckets(self.js)
-            except (NotFoundError, BucketNotFoundError):
-                if not said:
-                    log.warning("streams and buckets are not provisioned yet; waiting for a broker to start")
-                    said = True
-                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Stop claiming; let running work finish within the drain timeout; hand the rest

@@ -1,0 +1,1 @@
+"""The scheduler: batch schedules -> trigger messages on BD_TRIGGERS (HA-safe)."""

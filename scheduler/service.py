@@ -1,0 +1,217 @@
+"""The scheduler service: watches KV `bd_batches`, sleeps until the next tick is due,
+publishes `bd.{org}.trigger.{batch_id}` to BD_TRIGGERS.
+
+Any number of replicas may run. Each fires every tick with the same `Nats-Msg-Id`
+(`{org}.{batch_id}@{scheduled_at}`) and the same trigger id, so JetStream's
+de-duplication keeps one message per tick, and should a tick be re-published after
+the de-duplication window (a replica catching up), the broker still finds the one
+execution derived from the trigger id.
+
+Startup: the replica joins the fleet (`scheduler.fleet`); ticks missed while no
+replica ran go through each batch's catch-up policy; on a fresh start of the fleet,
+batches with `run_on_startup` run once (one trigger id per fleet epoch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from broker import codec, ids, streams, subjects
+from broker.timestamps import parse_iso, to_iso
+from broker.types import Batch, Trigger
+from scheduler.fleet import Fleet, Membership, utc_now
+from scheduler.timeline import Tick, Timeline
+
+log = logging.getLogger("batchdeck.scheduler")
+
+HEARTBEAT_SECONDS = 1.0
+MAX_SLEEP_SECONDS = 30.0
+"""The timer sleeps until the next tick, but at most this long: a wall clock that was
+set back or forward (NTP step, suspended laptop) is noticed within this time."""
+PUBLISH_CHUNK = 512
+"""Triggers published at once; their acks are awaited together."""
+RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+
+
+class SchedulerService:
+    def __init__(self, nc: Client, replica_id: str | None = None) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.id = replica_id or ids.instance_id()
+        self.timeline = Timeline()
+        self.fleet = Fleet(self.js, self.id)
+        self.membership: Membership | None = None
+        self.fired = 0
+        self._wake = asyncio.Event()
+        self._fired_through = utc_now()
+        self._publishing = False
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._watcher: Any = None
+
+    async def start(self) -> None:
+        """Join the fleet, load every batch (firing what was missed and, on a fresh
+        fleet start, `run_on_startup`), then follow changes and fire on time."""
+        await streams.wait_for_provisioning(self.js, log)
+        started = utc_now()
+        self.membership = await self.fleet.join(started)
+        self._fired_through = started
+        self.kv = await self.js.key_value(streams.BATCHES_BUCKET)
+        self._watcher = await self.kv.watchall()
+        batches = await self._initial_batches()
+        catch_up: list[Tick] = []
+        for org, batch in batches:
+            catch_up += self.timeline.set(org, batch, started, self._missed_since(batch))
+        await self._publish([self._trigger(tick) for tick in catch_up])
+        if self.membership.fresh_start:
+            await self._publish([self._startup_trigger(org, b, started) for org, b in batches if b.run_on_startup])
+        log.info("scheduler %s: epoch %d%s, %d batches scheduled, %d missed ticks fired", self.id,
+                 self.membership.epoch, " (fresh start)" if self.membership.fresh_start else "", len(self.timeline),
+                 len(catch_up))
+        self._tasks = [
+            asyncio.create_task(self._follow_changes(), name="scheduler-watch"),
+            asyncio.create_task(self._fire_forever(), name="scheduler-timer"),
+            asyncio.create_task(self._heartbeat_forever(), name="scheduler-heartbeat"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._watcher is not None:
+            await self._watcher.stop()
+        if self.membership is not None:
+            await self.fleet.leave(utc_now(), self._watermark(utc_now()), len(self.timeline))
+
+    # ---- batches -----------------------------------------------------------------
+
+    async def _initial_batches(self) -> list[tuple[str, Batch]]:
+        batches = []
+        async for entry in self._watcher:
+            if entry is None:  # the watch's marker: every current value was delivered
+                return batches
+            change = _decode(entry)
+            if change is not None and change[1] is not None:
+                batches.append(change)  # type: ignore[arg-type]
+        return batches
+
+    async def _follow_changes(self) -> None:
+        async for entry in self._watcher:
+            change = _decode(entry) if entry is not None else None
+            if change is None:
+                continue
+            org, batch = change
+            if batch is None:
+                self.timeline.remove((org, entry.key.split(".", 1)[1]))
+            else:
+                self.timeline.set(org, batch, utc_now())
+            self._wake.set()
+
+    def _missed_since(self, batch: Batch) -> datetime | None:
+        """Catch-up covers ticks after the fleet's watermark, and only those after the
+        batch's last change (a batch created or edited during the downtime has not
+        missed its old schedule)."""
+        if self.membership is None or self.membership.missed_since is None:
+            return None
+        changed = batch.updated_at or batch.created_at
+        since = self.membership.missed_since
+        return max(since, parse_iso(changed)) if changed else since
+
+    # ---- firing ------------------------------------------------------------------
+
+    async def _fire_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            due = self.timeline.next_due()
+            now = utc_now()
+            if due is None or due > now:
+                wait = MAX_SLEEP_SECONDS if due is None else min((due - now).total_seconds(), MAX_SLEEP_SECONDS)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            ticks = self.timeline.pop_due(now)
+            self._publishing = True
+            try:
+                await self._publish([self._trigger(tick) for tick in ticks])
+            finally:
+                self._publishing = False
+            self._fired_through = now
+
+    def _trigger(self, tick: Tick) -> tuple[str, Trigger, str]:
+        scheduled = to_iso(tick.scheduled_at)
+        key = f"{tick.org}.{tick.batch_id}@{scheduled}"
+        trigger = Trigger(
+            trigger_id=ids.tick_id(key, int(tick.scheduled_at.timestamp() * 1000)), batch_id=tick.batch_id,
+            source=tick.source, scheduled_at=scheduled, org=tick.org,
+        )
+        return subjects.trigger(tick.org, tick.batch_id), trigger, key
+
+    def _startup_trigger(self, org: str, batch: Batch, started: datetime) -> tuple[str, Trigger, str]:
+        assert self.membership is not None
+        key = f"{org}.{batch.id}@startup.{self.membership.epoch}"
+        trigger = Trigger(trigger_id=ids.tick_id(key, int(started.timestamp() * 1000)), batch_id=batch.id,
+                          source="startup", scheduled_at=to_iso(started), org=org)
+        return subjects.trigger(org, batch.id), trigger, key
+
+    async def _publish(self, triggers: list[tuple[str, Trigger, str]]) -> None:
+        """Publish every trigger, retrying failures until they are stored: a tick is
+        never dropped because the server was briefly unavailable."""
+        for start in range(0, len(triggers), PUBLISH_CHUNK):
+            pending = triggers[start:start + PUBLISH_CHUNK]
+            attempt = 0
+            while pending:
+                results = await asyncio.gather(*(self._publish_one(t) for t in pending), return_exceptions=True)
+                failed = [t for t, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
+                self.fired += len(pending) - len(failed)
+                if failed:
+                    delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                    log.warning("%d trigger(s) not stored (%s); retrying in %.1f s", len(failed),
+                                next(r for r in results if isinstance(r, BaseException)), delay)
+                    await asyncio.sleep(delay)
+                    attempt += 1
+                pending = failed
+
+    async def _publish_one(self, item: tuple[str, Trigger, str]) -> None:
+        subject, trigger, msg_id = item
+        trigger.fired_at = to_iso(utc_now())
+        await self.js.publish(subject, codec.encode(trigger), headers={"Nats-Msg-Id": msg_id})
+
+    # ---- fleet -------------------------------------------------------------------
+
+    def _watermark(self, now: datetime) -> datetime:
+        """Every tick up to the returned instant has been published."""
+        if self._publishing:
+            return self._fired_through
+        due = self.timeline.next_due()
+        if due is None or due > now:
+            return now
+        return min(self._fired_through, due - timedelta(milliseconds=1))
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                now = utc_now()
+                await self.fleet.beat(now, self._watermark(now), len(self.timeline))
+            except Exception as err:  # a missed beat is retried on the next one
+                log.warning("scheduler heartbeat failed: %r", err)
+
+
+def _decode(entry: Any) -> tuple[str, Batch | None] | None:
+    """(org, batch) of a KV entry; batch None when the key was deleted or purged.
+    None for an entry that is not a batch (logged, skipped)."""
+    org, _, batch_id = entry.key.partition(".")
+    if entry.operation in ("DEL", "PURGE") or not entry.value:
+        return org, None
+    try:
+        return org, codec.decode(entry.value, Batch)
+    except Exception as err:  # one bad record must not stop the schedule of the others
+        log.warning("bd_batches key %s is not a batch (%s); ignored", entry.key, err)
+        return None
