@@ -77,7 +77,10 @@ def next_run_at(batch: Batch, after: datetime | None = None) -> str | None:
     """When an enabled, live batch fires next (RFC 3339), else None."""
     if not batch.is_enabled or batch.deleted_at is not None:
         return None
-    times = schedule.next_times(batch.effective_cron(), batch.timezone, after or datetime.now(timezone.utc))
+    try:
+        times = schedule.next_times(batch.effective_cron(), batch.timezone, after or datetime.now(timezone.utc))
+    except schedule.ScheduleError:  # stored before such schedules were refused
+        return None
     return to_iso(times[0]) if times else None
 
 
@@ -250,7 +253,11 @@ class Definitions:
         """The next `count` fire times of a batch (also for a disabled one: what it would do)."""
         request = codec.decode_request(body, BatchNextRequest)
         batch = await self.load_batch(org, request.id)
-        times = schedule.next_times(batch.effective_cron(), batch.timezone, datetime.now(timezone.utc), request.count)
+        try:
+            times = schedule.next_times(batch.effective_cron(), batch.timezone, datetime.now(timezone.utc),
+                                        request.count)
+        except schedule.ScheduleError as err:  # stored before such schedules were refused
+            raise BadRequest(f"batch {batch.id!r}: {err}") from None
         return {"items": [to_iso(t) for t in times], "cron": batch.effective_cron(), "timezone": batch.timezone,
                 "is_enabled": batch.is_enabled}
 

@@ -191,7 +191,11 @@ class BatchSpec(Struct, kw_only=True, forbid_unknown_fields=True):
             if self.cron_expression is not None:
                 self.cron_expression = schedule.canonical_cron(self.cron_expression)
             else:
-                self.schedule.to_cron()
+                cron = self.schedule.to_cron()
+                try:
+                    schedule.normalize_cron(cron)
+                except schedule.ScheduleError:
+                    raise schedule.ScheduleError(f"schedule (cron {cron!r}) never fires (e.g. February 30)") from None
             schedule.zone(self.timezone)
         except schedule.ScheduleError as err:
             raise ValueError(str(err)) from None

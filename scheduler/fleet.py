@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from broker import codec, streams
 from broker.timestamps import parse_iso, to_iso
@@ -70,18 +70,18 @@ class Fleet:
         await self.beat(now - timedelta(seconds=ALIVE_SECONDS * 2), fired_through, batches)
 
     async def _replicas(self) -> list[SchedulerReplica]:
-        try:
-            keys = await self.kv.keys(filters=["replica.*"])
-        except NoKeysError:
-            return []
+        # A watch delivers each key's last value, then a None marker. (KeyValue.keys()
+        # with filters finds nothing on nats-py 2.16.)
+        watcher = await self.kv.watch("replica.*", ignore_deletes=True)
         replicas = []
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
-            if entry.value:
-                replicas.append(codec.decode(entry.value, SchedulerReplica))
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if entry.value:
+                    replicas.append(codec.decode(entry.value, SchedulerReplica))
+        finally:
+            await watcher.stop()
         return replicas
 
     async def _epoch(self, now: datetime, bump: bool) -> tuple[int, bool]:

@@ -69,7 +69,8 @@ class SchedulerService:
             catch_up += self.timeline.set(org, batch, started, self._missed_since(batch))
         await self._publish([self._trigger(tick) for tick in catch_up])
         if self.membership.fresh_start:
-            await self._publish([self._startup_trigger(org, b, started) for org, b in batches if b.run_on_startup])
+            await self._publish([self._startup_trigger(org, b, started) for org, b in batches
+                                 if b.run_on_startup and (org, b.id) in self.timeline.entries])
         log.info("scheduler %s: epoch %d%s, %d batches scheduled, %d missed ticks fired", self.id,
                  self.membership.epoch, " (fresh start)" if self.membership.fresh_start else "", len(self.timeline),
                  len(catch_up))

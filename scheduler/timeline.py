@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,10 @@ from datetime import datetime, timedelta
 
 from croniter import CroniterBadDateError
 
-from broker.schedule import fire_times
+from broker.schedule import ScheduleError, fire_times
 from broker.types import Batch
+
+log = logging.getLogger("batchdeck.scheduler")
 
 BatchKey = tuple[str, str]
 """(org, batch id)"""
@@ -76,8 +79,13 @@ class Timeline:
         if current is not None and _same_schedule(current.batch, batch):
             current.batch = batch
             return []
-        catch_up = self._missed(batch, missed_since, now) if missed_since is not None else []
-        times = fire_times(batch.effective_cron(), batch.timezone, now)
+        try:
+            catch_up = self._missed(batch, missed_since, now) if missed_since is not None else []
+            times = fire_times(batch.effective_cron(), batch.timezone, now)
+        except ScheduleError as err:  # stored before the broker refused it: it cannot fire
+            log.warning("batch %s of org %s is not scheduled: %s", batch.id, org, err)
+            self.remove(key)
+            return []
         entry = _Entry(batch, times, None, next(self._generations))
         self.entries[key] = entry
         self._advance(key, entry)

@@ -451,6 +451,90 @@ async def test_bad_trigger_message_is_refused_and_the_consumer_keeps_going(api, 
     assert len(items) == 1
 
 
+# ---- concurrency policies -------------------------------------------------------------
+
+
+async def trigger_execution(api, nc, org: str, batch_id: str, scheduled_at: str) -> dict[str, Any]:
+    """Publish a cron trigger for the batch and return the execution it made."""
+    trigger = cron_trigger(batch_id, scheduled_at=scheduled_at)
+    await publish_trigger(nc, org, trigger)
+    items = await wait_for(lambda: executions_of_trigger(api, trigger["trigger_id"]))
+    assert len(items) == 1, items
+    return items[0]
+
+
+async def test_forbid_records_a_skipped_execution_while_a_run_is_active(api, nc, org, make_batch):
+    batch = await make_batch(is_enabled=True, catch_up="none", concurrency="forbid")
+    first = await trigger_execution(api, nc, org, batch["id"], "2026-11-23T03:00:00.000Z")
+    second = await trigger_execution(api, nc, org, batch["id"], "2026-11-24T03:00:00.000Z")
+
+    assert first["status"] == "queued"
+    assert second["status"] == "skipped"
+    assert first["id"] in second["error"] and "forbid" in second["error"]
+    assert second["finished_at"] and all(a["status"] == "skipped" for a in second["actions"])
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 1, "a skipped execution is never enqueued"
+    event = await wait_for(lambda: last_json(nc, EVENTS, f"bd.{org}.evt.trigger.{batch['id']}"))
+    assert event["execution_id"] == second["id"] and event["status"] == "skipped"
+
+    await api.call("exec", "cancel", {"id": first["id"]})
+    third = await trigger_execution(api, nc, org, batch["id"], "2026-11-25T03:00:00.000Z")
+    assert third["status"] == "queued", "once the active run ended, the next trigger runs"
+
+
+async def test_forbid_refuses_a_manual_start_while_a_run_is_active(api, make_batch):
+    batch = await make_batch(concurrency="forbid")
+    started = await api.call("batch", "start", {"id": batch["id"]})
+    error = await expect_error(409, api.call("batch", "start", {"id": batch["id"]}))
+    assert started["execution_id"] in error.message
+    assert (await api.call("exec", "list", {"filter": {"batch_id": batch["id"]}}))["total"] == 1
+
+
+async def test_replace_cancels_the_active_run_and_starts_the_new_one(api, nc, org, make_batch):
+    batch = await make_batch(is_enabled=True, catch_up="none", concurrency="replace")
+    first = await trigger_execution(api, nc, org, batch["id"], "2026-11-23T03:00:00.000Z")
+    second = await trigger_execution(api, nc, org, batch["id"], "2026-11-24T03:00:00.000Z")
+
+    assert second["status"] == "queued"
+    replaced = await api.call("exec", "get", {"id": first["id"]})
+    assert replaced["status"] == "canceled"
+    assert second["id"] in replaced["error"]
+
+
+async def test_replace_cancels_a_running_run_on_its_runner(api, nc, org, make_task, make_batch, runner_factory,
+                                                           wait_exec):
+    task = await make_task(command=["sleep", "30"])
+    batch = await make_batch(task_ids=[task["id"]], is_enabled=True, catch_up="none", concurrency="replace")
+    await runner_factory()
+    first = await trigger_execution(api, nc, org, batch["id"], "2026-11-23T03:00:00.000Z")
+    await wait_exec(first["id"], "running")
+    second = await trigger_execution(api, nc, org, batch["id"], "2026-11-24T03:00:00.000Z")
+
+    assert (await wait_exec(first["id"], timeout=10))["status"] == "canceled"
+    assert (await wait_exec(second["id"], "running"))["status"] == "running"
+    await api.call("exec", "cancel", {"id": second["id"]})
+    assert (await wait_exec(second["id"]))["status"] == "canceled"
+
+
+async def test_allow_runs_triggers_side_by_side(api, nc, org, make_batch):
+    batch = await make_batch(is_enabled=True, catch_up="none", concurrency="allow")
+    first = await trigger_execution(api, nc, org, batch["id"], "2026-11-23T03:00:00.000Z")
+    second = await trigger_execution(api, nc, org, batch["id"], "2026-11-24T03:00:00.000Z")
+    assert first["status"] == second["status"] == "queued"
+    assert (await api.call("exec", "get", {"id": first["id"]}))["status"] == "queued"
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 2
+
+
+async def test_concurrent_triggers_of_a_forbid_batch_start_one_run(api, nc, org, make_batch):
+    """Triggers handled at the same moment cannot both find the batch idle."""
+    batch = await make_batch(is_enabled=True, catch_up="none", concurrency="forbid")
+    triggers = [cron_trigger(batch["id"], scheduled_at=f"2026-11-{day:02d}T03:00:00.000Z") for day in range(1, 11)]
+    await asyncio.gather(*(publish_trigger(nc, org, t) for t in triggers))
+    assert await wait_for(lambda: trigger_drained(nc, org, batch["id"]), timeout=10)
+    page = await api.call("exec", "list", {"filter": {"batch_id": batch["id"]}, "per_page": 100})
+    statuses = sorted(e["status"] for e in page["items"])
+    assert statuses == ["queued"] + ["skipped"] * 9, statuses
+
+
 # ---- exec.cancel --------------------------------------------------------------------
 
 
