@@ -345,12 +345,15 @@ class SchedulerReplica(Struct, kw_only=True):
 
 
 class SchedulerEpoch(Struct, kw_only=True):
-    """KV `bd_scheduler` key `epoch`: one number per start of the scheduler fleet (a start
-    with no other replica alive); `run_on_startup` fires once per epoch."""
+    """KV `bd_scheduler` key `epoch`: one number per start of the scheduler fleet, and
+    the fleet's lease: every live replica renews `renewed_at` each second. A replica
+    that starts while the lease has lapsed begins the next epoch; `run_on_startup`
+    fires once per epoch."""
 
     epoch: int
     started_at: Timestamp
     by: str
+    renewed_at: Timestamp | None = None
 
 
 class DefinitionEvent(Struct, kw_only=True):

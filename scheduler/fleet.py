@@ -1,11 +1,16 @@
-"""The scheduler fleet: which replicas are alive, where catch-up starts, and the fleet
-epoch that makes `run_on_startup` fire once per start of the fleet, not per replica.
+"""The scheduler fleet: where catch-up starts, and the fleet epoch that makes
+`run_on_startup` fire once per start of the fleet, not once per replica.
 
-State lives in KV `bd_scheduler`: `replica.{id}` is each replica's heartbeat with its
-`fired_through` watermark; `epoch` is bumped (compare-and-set) by a replica that starts
-while no other is alive. Replicas never coordinate ticks: every replica fires every
-tick and JetStream de-duplication keeps one; the fleet state only answers "what was
-missed while nobody was running" and "is this a fresh start".
+State lives in KV `bd_scheduler`:
+- `epoch` is the fleet's lease: every live replica renews it each second. A replica
+  that finds it lapsed (or missing) begins the next epoch by compare-and-set, so of
+  replicas starting together exactly one begins it and the others join.
+- `replica.{id}` is each replica's heartbeat with its `fired_through` watermark: every
+  tick up to that instant was published. The newest watermark of all replicas is where
+  catch-up starts after the whole fleet was down.
+
+Replicas never coordinate ticks: every replica fires every tick and JetStream
+de-duplication keeps one.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from broker.types import SchedulerEpoch, SchedulerReplica
 log = logging.getLogger("batchdeck.scheduler")
 
 ALIVE_SECONDS = 10.0
-"""A replica whose heartbeat is older than this is not alive (it beats every second)."""
+"""A heartbeat or lease older than this is lapsed (they are renewed every second)."""
 FORGET_AFTER = timedelta(days=7)
 """Heartbeats of replicas stopped longer ago than this are removed."""
 EPOCH_KEY = "epoch"
@@ -36,7 +41,7 @@ EPOCH_KEY = "epoch"
 class Membership:
     epoch: int
     fresh_start: bool
-    """No other replica was alive: this start began epoch `epoch`."""
+    """The fleet's lease had lapsed: this start began epoch `epoch`."""
     missed_since: datetime | None
     """Every tick up to this instant was fired by some replica; None when no replica ever ran."""
 
@@ -49,13 +54,12 @@ class Fleet:
     async def join(self, now: datetime) -> Membership:
         self.kv = await self.js.key_value(streams.SCHEDULER_BUCKET)
         replicas = await self._replicas()
-        alive = [r for r in replicas if _alive(r, now) and r.id != self.replica.id]
         marks = [parse_iso(r.fired_through) for r in replicas if r.fired_through]
         missed_since = max(marks) if marks else None
-        epoch, fresh = await self._epoch(now, bump=not alive)
+        epoch, fresh = await self._claim_epoch(now)
         self.replica.epoch, self.replica.started_at = epoch, to_iso(now)
         await self.beat(now, now if missed_since is None else min(missed_since, now), batches=0)
-        await self._forget([r for r in replicas if not _alive(r, now)], now)
+        await self._forget([r for r in replicas if r.id != self.replica.id], now)
         return Membership(epoch, fresh, missed_since)
 
     async def beat(self, now: datetime, fired_through: datetime, batches: int) -> None:
@@ -63,11 +67,55 @@ class Fleet:
         self.replica.fired_through = to_iso(fired_through)
         self.replica.batches = batches
         await self.kv.put(f"replica.{self.replica.id}", codec.encode(self.replica))
+        await self._renew(now)
 
     async def leave(self, now: datetime, fired_through: datetime, batches: int) -> None:
-        """A last heartbeat dated long ago: the replica no longer counts as alive, its
-        watermark still counts for catch-up."""
-        await self.beat(now - timedelta(seconds=ALIVE_SECONDS * 2), fired_through, batches)
+        """A last heartbeat dated in the past: the replica no longer counts as alive, its
+        watermark still counts for catch-up. The last replica to leave lets the lease
+        lapse, so the next start is a fresh start of the fleet."""
+        gone = now - timedelta(seconds=ALIVE_SECONDS * 2)
+        self.replica.heartbeat_at = to_iso(gone)
+        self.replica.fired_through = to_iso(fired_through)
+        self.replica.batches = batches
+        await self.kv.put(f"replica.{self.replica.id}", codec.encode(self.replica))
+        others = [r for r in await self._replicas() if r.id != self.replica.id and _alive(r.heartbeat_at, now)]
+        if not others:
+            await self._renew(gone)
+
+    async def _claim_epoch(self, now: datetime) -> tuple[int, bool]:
+        """The current epoch, or the next one when the lease has lapsed."""
+        for _ in range(10):
+            current, revision = await self._epoch()
+            if current is not None and _alive(current.renewed_at, now):
+                return current.epoch, False
+            new = SchedulerEpoch(epoch=current.epoch + 1 if current else 1, started_at=to_iso(now),
+                                 by=self.replica.id, renewed_at=to_iso(now))
+            try:
+                if revision is None:
+                    await self.kv.create(EPOCH_KEY, codec.encode(new))
+                else:
+                    await self.kv.update(EPOCH_KEY, codec.encode(new), last=revision)
+                return new.epoch, True
+            except KeyWrongLastSequenceError:
+                continue  # a replica starting with us began it: look again, and join
+        raise RuntimeError("could not claim the scheduler epoch: it keeps changing")
+
+    async def _renew(self, at: datetime) -> None:
+        current, revision = await self._epoch()
+        if current is None or revision is None:
+            return
+        current.renewed_at = to_iso(at)
+        try:
+            await self.kv.update(EPOCH_KEY, codec.encode(current), last=revision)
+        except KeyWrongLastSequenceError:
+            pass  # another replica renewed it in the same instant
+
+    async def _epoch(self) -> tuple[SchedulerEpoch | None, int | None]:
+        try:
+            entry = await self.kv.get(EPOCH_KEY)
+        except KeyNotFoundError:
+            return None, None
+        return codec.decode(entry.value, SchedulerEpoch), entry.revision
 
     async def _replicas(self) -> list[SchedulerReplica]:
         # A watch delivers each key's last value, then a None marker. (KeyValue.keys()
@@ -84,38 +132,14 @@ class Fleet:
             await watcher.stop()
         return replicas
 
-    async def _epoch(self, now: datetime, bump: bool) -> tuple[int, bool]:
-        """The current epoch; with `bump`, a new one if no other replica got there first."""
-        for _ in range(10):
-            try:
-                entry = await self.kv.get(EPOCH_KEY)
-                current, revision = codec.decode(entry.value, SchedulerEpoch), entry.revision
-            except KeyNotFoundError:
-                current, revision = None, None
-            if not bump and current is not None:
-                return current.epoch, False
-            new = SchedulerEpoch(epoch=(current.epoch + 1) if current else 1, started_at=to_iso(now),
-                                 by=self.replica.id)
-            try:
-                if revision is None:
-                    await self.kv.create(EPOCH_KEY, codec.encode(new))
-                else:
-                    await self.kv.update(EPOCH_KEY, codec.encode(new), last=revision)
-                return new.epoch, True
-            except KeyWrongLastSequenceError:
-                bump = False  # a replica starting with us began the epoch: join it
-        raise RuntimeError("could not read the scheduler epoch")
-
-    async def _forget(self, dead: list[SchedulerReplica], now: datetime) -> None:
-        for replica in dead:
+    async def _forget(self, others: list[SchedulerReplica], now: datetime) -> None:
+        for replica in others:
             if replica.heartbeat_at and now - parse_iso(replica.heartbeat_at) > FORGET_AFTER:
                 await self.kv.delete(f"replica.{replica.id}")
 
 
-def _alive(replica: SchedulerReplica, now: datetime) -> bool:
-    if not replica.heartbeat_at:
-        return False
-    return (now - parse_iso(replica.heartbeat_at)).total_seconds() <= ALIVE_SECONDS
+def _alive(beat: str | None, now: datetime) -> bool:
+    return beat is not None and (now - parse_iso(beat)).total_seconds() <= ALIVE_SECONDS
 
 
 def utc_now() -> datetime:
