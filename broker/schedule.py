@@ -132,8 +132,8 @@ def next_times(expression: str, tz_name: str, after: datetime, count: int = 1) -
 
 
 MAX_DST_SHIFT = timedelta(hours=3)
-"""Larger than any clock change in the tz database (2 h at most): how far back the local
-iteration starts when `after` lies in or just after a repeated hour."""
+"""Larger than any clock change in the tz database (2 h at most)."""
+ZERO = timedelta(0)
 
 
 def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datetime]:
@@ -147,12 +147,12 @@ def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datet
     fields = cron.split(" ")
     fixed_hours = "*" not in fields[-4]
     after = after.astimezone(timezone.utc)
-    start = after.astimezone(tz)
-    offsets = {(after + shift).astimezone(tz).utcoffset() for shift in (-MAX_DST_SHIFT, MAX_DST_SHIFT)}
-    if offsets != {start.utcoffset()}:
-        # Near a clock change the second pass of an earlier local time may come after `after`.
-        start = (after - MAX_DST_SHIFT).astimezone(tz)
-    local = croniter(cron, start.replace(tzinfo=None), second_at_beginning=len(fields) == 6)
+    # Near a clock change an earlier local time may still happen after `after` (its
+    # second pass). No local time before `after` + the smallest nearby UTC offset can,
+    # so the iteration starts there.
+    offset = min((after + shift).astimezone(tz).utcoffset() for shift in (-MAX_DST_SHIFT, ZERO, MAX_DST_SHIFT))
+    start = (after + offset).replace(tzinfo=None)
+    local = croniter(cron, start, second_at_beginning=len(fields) == 6)
     pending: list[datetime] = []
     last: datetime | None = None
     while True:

@@ -75,11 +75,11 @@ class Timeline:
         if not batch.is_enabled or batch.deleted_at is not None:
             self.remove(key)
             return []
-        current = self.entries.get(key)
-        if current is not None and _same_schedule(current.batch, batch):
-            current.batch = batch
-            return []
         try:
+            current = self.entries.get(key)
+            if current is not None and _same_schedule(current.batch, batch):
+                current.batch = batch
+                return []
             catch_up = self._missed(batch, missed_since, now) if missed_since is not None else []
             times = fire_times(batch.effective_cron(), batch.timezone, now)
         except ScheduleError as err:  # stored before the broker refused it: it cannot fire
@@ -106,6 +106,7 @@ class Timeline:
         while True:
             self._drop_stale()
             if not self._heap or self._heap[0][0] > now:
+                ticks.sort(key=lambda tick: tick.scheduled_at)
                 return ticks
             _, _, key, _ = heapq.heappop(self._heap)
             entry = self.entries[key]
@@ -113,7 +114,9 @@ class Timeline:
             while entry.next_at is not None and entry.next_at <= now and len(due) < CATCH_UP_SCAN_LIMIT:
                 due.append(entry.next_at)
                 entry.next_at = _next(entry.times)
-            if entry.next_at is not None and entry.next_at <= now:  # stalled for ages: jump ahead
+            if entry.next_at is not None and entry.next_at <= now:
+                # Stalled for ages: only the newest ticks matter, and the iterator jumps to now.
+                due = _newest_ticks(entry.batch, due[-1], now, entry.batch.max_catch_up + 1)
                 entry.times = fire_times(entry.batch.effective_cron(), entry.batch.timezone, now)
                 entry.next_at = _next(entry.times)
             org, batch_id = key

@@ -12,6 +12,7 @@ import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
+from itertools import pairwise
 from typing import Any
 
 import nats
@@ -110,7 +111,7 @@ async def test_three_replicas_fire_an_every_second_batch_exactly_once_per_second
     ticks = scheduled(triggers, "cron")
     assert len(ticks) >= 4, triggers
     assert all(t <= disabled_at for t in ticks), "a tick fired after the batch was disabled"
-    assert [b - a for a, b in zip(ticks, ticks[1:])] == [timedelta(seconds=1)] * (len(ticks) - 1), ticks
+    assert [b - a for a, b in pairwise(ticks)] == [timedelta(seconds=1)] * (len(ticks) - 1), ticks
     assert disabled_at - ticks[-1] < timedelta(seconds=1), "the last tick before the disable is missing"
     for trigger in triggers:
         assert parse_time(trigger["fired_at"]) - parse_time(trigger["scheduled_at"]) < timedelta(seconds=1)
@@ -189,7 +190,7 @@ async def test_no_tick_is_fired_twice_or_lost_across_a_replica_restart(stack):
 
     ticks = sorted(scheduled(triggers))
     assert Counter(ticks).most_common(1)[0][1] == 1, "a tick fired twice"
-    assert [b - a for a, b in zip(ticks, ticks[1:])] == [timedelta(seconds=1)] * (len(ticks) - 1), ticks
+    assert [b - a for a, b in pairwise(ticks)] == [timedelta(seconds=1)] * (len(ticks) - 1), ticks
     assert len(ticks) >= 5
 
 
