@@ -81,7 +81,7 @@ def lag(trigger: dict[str, Any]) -> str:
     """fired_at - scheduled_at of a trigger, in milliseconds."""
     try:
         delta = parse_iso(trigger["fired_at"]) - parse_iso(trigger["scheduled_at"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):  # a manual start has no scheduled_at
         return ""
     return f"{delta.total_seconds() * 1000:.0f} ms"
 

@@ -54,6 +54,17 @@ log = logging.getLogger("batchdeck.broker")
 EXECUTION_FIELDS = field_names(Execution)
 CANCEL_FORWARD_TIMEOUT = 3.0
 """Seconds the broker waits for the runner holding an execution to answer a cancel."""
+ADMIT_ATTEMPTS = 20
+ADMIT_WAITS = 10
+ADMIT_WAIT_SECONDS = 0.05
+
+
+class EnqueueFailed(Unavailable):
+    """The run command could not be published; the execution was recorded `lost`."""
+
+    def __init__(self, message: str, execution: Execution) -> None:
+        super().__init__(message)
+        self.execution = execution
 
 
 class Executions:
@@ -136,14 +147,22 @@ class Executions:
         else:
             command = RunCommand(execution_id=execution.id, org=org, batch=_snapshot_batch(batch), tasks=snapshots,
                                  context=trigger.context, deadline=deadline)
-            execution = await self._enqueue(execution, command)
+            try:
+                execution = await self._enqueue(execution, command)
+            except EnqueueFailed as err:  # the execution is recorded `lost`: say so on the trigger too
+                await self._publish_trigger_event(org, trigger, err.execution)
+                raise
             if active is not None:
                 await self._replace(active, execution)
-        trigger.execution_id, trigger.status, trigger.org = execution.id, execution.status, org
-        trigger.error = trigger.error or (execution.error if execution.status == "skipped" else None)
-        trigger.fired_at = trigger.fired_at or execution.queued_at
-        await self.js.publish(subjects.trigger_event(org, batch.id), codec.encode(trigger))
+        await self._publish_trigger_event(org, trigger, execution)
         return execution
+
+    async def _publish_trigger_event(self, org: str, trigger: Trigger, execution: Execution) -> None:
+        trigger.execution_id, trigger.status, trigger.org = execution.id, execution.status, org
+        if execution.status in ("skipped", "lost"):
+            trigger.error = trigger.error or execution.error
+        trigger.fired_at = trigger.fired_at or execution.queued_at
+        await self.js.publish(subjects.trigger_event(org, trigger.batch_id), codec.encode(trigger))
 
     async def _admit(self, batch: Batch, execution: Execution, manual: bool) -> Execution | None:
         """Apply the batch's concurrency policy to a new execution. Marks it `skipped`
@@ -155,9 +174,16 @@ class Executions:
         if batch.concurrency == "allow":
             return None
         org = execution.org
-        for _ in range(10):
+        waited = 0
+        for _ in range(ADMIT_ATTEMPTS):
             slot = await self.buckets.batch_runs.get(org, batch.id)
             active = await self.buckets.execs.get(org, slot.execution_id) if slot is not None else None
+            if slot is not None and active is None and waited < ADMIT_WAITS:
+                # Claimed by a start that has not written its execution yet (one KV
+                # write away), or by one that died in between: wait a moment, then move on.
+                waited += 1
+                await asyncio.sleep(ADMIT_WAIT_SECONDS)
+                continue
             if active is not None and (active.is_final or active.id == execution.id):
                 active = None
             if active is not None and batch.concurrency == "forbid":
@@ -176,7 +202,8 @@ class Executions:
             except VersionConflict:
                 continue  # another trigger of this batch got there first: look again
             return active
-        raise Conflict(f"batch {batch.id!r} is being triggered too often at once; try again")
+        # Transient: a trigger from BD_TRIGGERS is redelivered, a manual start may retry.
+        raise Unavailable(f"batch {batch.id!r} is being triggered too often at once; try again")
 
     async def _record_skipped(self, execution: Execution) -> Execution:
         execution.finished_at = execution.queued_at
@@ -219,7 +246,7 @@ class Executions:
             execution.status, execution.error, execution.finished_at = "lost", f"could not enqueue: {enqueued}", now_iso()
             execution = await self.buckets.execs.put(org, execution.id, execution)
             await self._publish_state(execution)
-            raise Unavailable(f"could not enqueue the run: {enqueued}") from enqueued
+            raise EnqueueFailed(f"could not enqueue the run: {enqueued}", execution) from enqueued
         if isinstance(announced, BaseException):
             log.warning("execution %s queued, but its state event was not published: %s", execution.id, announced)
         return execution
@@ -237,7 +264,8 @@ class Executions:
         await self.definitions.load_batch(org, request.id, live=False)
         tail = await stream_tail.tail_page(self.js, streams.EVENTS, subjects.trigger_event(org, request.id),
                                            request.page, request.per_page)
-        items = [codec.decode(data, Trigger) for data in tail.items]
+        # As stored: a refused trigger's event echoes whatever body was published.
+        items = [_lenient(data) for data in tail.items]
         return Page(items=items, page=request.page, per_page=request.per_page, total=tail.total,
                     pages=-(-tail.total // request.per_page))
 
@@ -347,3 +375,10 @@ def _check_cancellable(execution: Execution) -> None:
 def _snapshot_batch(batch: Batch) -> Batch:
     return msgspec.structs.replace(batch, next_run_at=None)
 
+
+
+def _lenient(data: bytes) -> dict[str, Any]:
+    try:
+        return codec.decode(data, dict[str, Any])
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {"error": "an undecodable trigger event", "size": len(data)}

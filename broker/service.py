@@ -23,7 +23,7 @@ from broker import __version__, codec, streams, subjects
 from broker.buckets import open_buckets
 from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
 from broker.definitions import Definitions
-from broker.errors import ApiError, BadRequest, InternalError
+from broker.errors import ApiError, BadRequest, InternalError, Unavailable
 from broker.executions import Executions
 from broker.types import Trigger
 
@@ -171,6 +171,12 @@ class ControlPlane:
             if trigger.batch_id != msg.subject.rsplit(".", 1)[-1]:
                 raise BadRequest(f"trigger for batch {trigger.batch_id!r} published on {msg.subject}")
             await self.executions.run_trigger(org, trigger)
+        except Unavailable as err:
+            # Transient (the batch's concurrency slot was contended), or the run could
+            # not be enqueued, which recorded a `lost` execution a redelivery finds.
+            log.warning("trigger on %s not run yet, will be redelivered: %s", msg.subject, err.message)
+            await msg.nak(delay=0.5)
+            return
         except ApiError as err:
             # A trigger that cannot run (unknown or disabled batch, bad body) is final:
             # record why on the trigger event and drop it.

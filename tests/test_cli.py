@@ -196,3 +196,25 @@ def test_up_answers_the_api_and_keeps_definitions_across_a_restart(tmp_path: Pat
         import socket
 
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_batch_next_and_triggers_through_the_cli(run):
+    assert (await run("task", "create", "--name", "t", "--id", "t", "--", "true")).returncode == 0
+    created = await run("batch", "create", "--name", "berlin", "--id", "berlin", "--cron", "30 2 * * *",
+                        "--timezone", "Europe/Berlin", "--task", "t", "--no-enabled")
+    assert created.returncode == 0, created.stderr
+
+    upcoming = await run("batch", "next", "berlin", "--count", "3")
+    assert upcoming.returncode == 0, upcoming.stderr
+    assert "timezone Europe/Berlin" in upcoming.stdout and "disabled" in upcoming.stdout
+    rows = [line for line in upcoming.stdout.splitlines() if line[:1] in "123"]
+    assert len(rows) == 3 and all("CET" in r or "CEST" in r for r in rows), upcoming.stdout
+    as_json = json.loads((await run("batch", "next", "berlin", "--count", "2", "--json")).stdout)
+    assert len(as_json["items"]) == 2 and as_json["cron"] == "30 2 * * *"
+    assert (await run("batch", "next", "berlin", "--count", "0")).returncode == 2
+
+    started = json.loads((await run("batch", "start", "berlin", "--json")).stdout)
+    fired = await run("batch", "triggers", "berlin")
+    assert fired.returncode == 0, fired.stderr
+    assert started["execution_id"] in fired.stdout and "manual" in fired.stdout
+    assert (await run("batch", "triggers", "ghost")).returncode == 1

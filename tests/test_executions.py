@@ -630,3 +630,24 @@ async def test_runner_list_is_empty_on_a_fresh_org(api):
 
 async def test_task_modules_is_empty_on_a_fresh_org(api):
     assert await api.call("task", "modules", {}) == {"modules": []}
+
+
+async def test_batch_triggers_pages_newest_first_and_survives_a_malformed_trigger(api, nc, org, make_batch):
+    batch = await make_batch(is_enabled=True, catch_up="none", concurrency="allow")
+    subject = f"bd.{org}.trigger.{batch['id']}"
+    await nc.jetstream().publish(subject, json.dumps({"batch_id": batch["id"]}).encode())  # no trigger_id
+    ticks = [f"2026-11-2{day}T03:00:00.000Z" for day in range(1, 5)]
+    for tick in ticks:
+        await publish_trigger(nc, org, cron_trigger(batch["id"], scheduled_at=tick))
+        assert await wait_for(lambda: trigger_drained(nc, org, batch["id"]))
+
+    first = await api.call("batch", "triggers", {"id": batch["id"], "per_page": 2})
+    assert (first["total"], first["pages"]) == (5, 3)
+    assert [t["scheduled_at"] for t in first["items"]] == ticks[::-1][:2]
+    second = await api.call("batch", "triggers", {"id": batch["id"], "per_page": 2, "page": 2})
+    assert [t["scheduled_at"] for t in second["items"]] == ticks[::-1][2:]
+    last = await api.call("batch", "triggers", {"id": batch["id"], "per_page": 2, "page": 3})
+    assert len(last["items"]) == 1 and last["items"][0]["execution_id"] is None and last["items"][0]["error"]
+    beyond = await api.call("batch", "triggers", {"id": batch["id"], "per_page": 2, "page": 4})
+    assert beyond["items"] == [] and beyond["total"] == 5
+    await expect_error(404, api.call("batch", "triggers", {"id": "ghost"}))
