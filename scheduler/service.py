@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,9 +35,19 @@ HEARTBEAT_SECONDS = 1.0
 MAX_SLEEP_SECONDS = 30.0
 """The timer sleeps until the next tick, but at most this long: a wall clock that was
 set back or forward (NTP step, suspended laptop) is noticed within this time."""
-PUBLISH_CHUNK = 512
-"""Triggers published at once; their acks are awaited together."""
+PREPARE_AHEAD_SECONDS = 0.1
+"""The triggers of an instant are built this long before it (a batch disabled in that
+moment still fires once)."""
+ACK_TIMEOUT_SECONDS = 5.0
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
+MSG_ID = "Nats-Msg-Id"
+
+
+@dataclass
+class Prepared:
+    subject: str
+    trigger: Trigger
+    headers: dict[str, str]
 
 
 class SchedulerService:
@@ -67,7 +78,7 @@ class SchedulerService:
         catch_up: list[Tick] = []
         for org, batch in batches:
             catch_up += self.timeline.set(org, batch, started, self._missed_since(batch))
-        await self._publish([self._trigger(tick) for tick in catch_up])
+        await self._publish(self._prepare(catch_up))
         if self.membership.fresh_start:
             await self._publish([self._startup_trigger(org, b, started) for org, b in batches
                                  if b.run_on_startup and (org, b.id) in self.timeline.entries])
@@ -130,59 +141,82 @@ class SchedulerService:
             self._wake.clear()
             due = self.timeline.next_due()
             now = utc_now()
-            if due is None or due > now:
-                wait = MAX_SLEEP_SECONDS if due is None else min((due - now).total_seconds(), MAX_SLEEP_SECONDS)
+            if due is None or (due - now).total_seconds() > PREPARE_AHEAD_SECONDS:
+                wait = MAX_SLEEP_SECONDS if due is None else (due - now).total_seconds() - PREPARE_AHEAD_SECONDS
                 try:
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await asyncio.wait_for(self._wake.wait(), min(wait, MAX_SLEEP_SECONDS))
                 except asyncio.TimeoutError:
                     pass
                 continue
-            ticks = self.timeline.pop_due(now)
+            # Build the triggers of the coming instant ahead of it, so that at the instant
+            # only stamping `fired_at` and sending are left.
             self._publishing = True
             try:
-                await self._publish([self._trigger(tick) for tick in ticks])
+                prepared = self._prepare(self.timeline.pop_due(max(due, now)))
+                ahead = (due - utc_now()).total_seconds()
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+                await self._publish(prepared)
             finally:
                 self._publishing = False
-            self._fired_through = now
+            self._fired_through = max(due, now)
 
-    def _trigger(self, tick: Tick) -> tuple[str, Trigger, str]:
-        scheduled = to_iso(tick.scheduled_at)
-        key = f"{tick.org}.{tick.batch_id}@{scheduled}"
-        trigger = Trigger(
-            trigger_id=ids.tick_id(key, int(tick.scheduled_at.timestamp() * 1000)), batch_id=tick.batch_id,
-            source=tick.source, scheduled_at=scheduled, org=tick.org,
-        )
-        return subjects.trigger(tick.org, tick.batch_id), trigger, key
+    def _prepare(self, ticks: list[Tick]) -> list[Prepared]:
+        stamps: dict[datetime, str] = {}
+        prepared = []
+        for tick in ticks:
+            scheduled = stamps.get(tick.scheduled_at) or stamps.setdefault(tick.scheduled_at, to_iso(tick.scheduled_at))
+            key = f"{tick.org}.{tick.batch_id}@{scheduled}"
+            trigger = Trigger(
+                trigger_id=ids.tick_id(key, int(tick.scheduled_at.timestamp() * 1000)), batch_id=tick.batch_id,
+                source=tick.source, scheduled_at=scheduled, org=tick.org,
+            )
+            prepared.append(Prepared(subjects.trigger(tick.org, tick.batch_id), trigger, {MSG_ID: key}))
+        return prepared
 
-    def _startup_trigger(self, org: str, batch: Batch, started: datetime) -> tuple[str, Trigger, str]:
+    def _startup_trigger(self, org: str, batch: Batch, started: datetime) -> Prepared:
         assert self.membership is not None
         key = f"{org}.{batch.id}@startup.{self.membership.epoch}"
         trigger = Trigger(trigger_id=ids.tick_id(key, int(started.timestamp() * 1000)), batch_id=batch.id,
                           source="startup", scheduled_at=to_iso(started), org=org)
-        return subjects.trigger(org, batch.id), trigger, key
+        return Prepared(subjects.trigger(org, batch.id), trigger, {MSG_ID: key})
 
-    async def _publish(self, triggers: list[tuple[str, Trigger, str]]) -> None:
-        """Publish every trigger, retrying failures until they are stored: a tick is
-        never dropped because the server was briefly unavailable."""
-        for start in range(0, len(triggers), PUBLISH_CHUNK):
-            pending = triggers[start:start + PUBLISH_CHUNK]
-            attempt = 0
-            while pending:
-                results = await asyncio.gather(*(self._publish_one(t) for t in pending), return_exceptions=True)
-                failed = [t for t, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
-                self.fired += len(pending) - len(failed)
-                if failed:
-                    delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
-                    log.warning("%d trigger(s) not stored (%s); retrying in %.1f s", len(failed),
-                                next(r for r in results if isinstance(r, BaseException)), delay)
-                    await asyncio.sleep(delay)
-                    attempt += 1
-                pending = failed
+    async def _publish(self, triggers: list[Prepared]) -> None:
+        """Publish every trigger, pipelined, retrying failures until they are stored: a
+        tick is never dropped because the server was briefly unavailable."""
+        pending, attempt = triggers, 0
+        while pending:
+            failed = await self._publish_once(pending)
+            self.fired += len(pending) - len(failed)
+            if failed:
+                delay = RETRY_SECONDS[min(attempt, len(RETRY_SECONDS) - 1)]
+                log.warning("%d trigger(s) not stored; retrying in %.1f s", len(failed), delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+            pending = failed
 
-    async def _publish_one(self, item: tuple[str, Trigger, str]) -> None:
-        subject, trigger, msg_id = item
-        trigger.fired_at = to_iso(utc_now())
-        await self.js.publish(subject, codec.encode(trigger), headers={"Nats-Msg-Id": msg_id})
+    async def _publish_once(self, triggers: list[Prepared]) -> list[Prepared]:
+        """Send all, then wait for their acks together; returns the ones not stored."""
+        sent: list[tuple[Prepared, asyncio.Future[Any]]] = []
+        failed = []
+        for item in triggers:
+            item.trigger.fired_at = to_iso(utc_now())
+            try:
+                ack = await self.js.publish_async(item.subject, codec.encode(item.trigger), headers=item.headers)
+            except Exception as err:  # disconnected: keep it for the retry
+                log.debug("trigger %s not sent: %r", item.headers[MSG_ID], err)
+                failed.append(item)
+                continue
+            sent.append((item, ack))
+        if sent:
+            await asyncio.wait([ack for _, ack in sent], timeout=ACK_TIMEOUT_SECONDS)
+        for item, ack in sent:
+            if not ack.done():
+                ack.cancel()
+                failed.append(item)
+            elif ack.cancelled() or ack.exception() is not None:
+                failed.append(item)
+        return failed
 
     # ---- fleet -------------------------------------------------------------------
 

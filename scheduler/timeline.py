@@ -2,8 +2,10 @@
 arithmetic, without NATS.
 
 A batch's fire times come from `broker.schedule.fire_times` (timezone and DST rules
-there). The timeline keeps one lazy iterator per batch and a heap of next fire times,
-so finding what is due costs O(log n) per tick whatever the number of batches.
+there). Batches with the same cron and timezone share one lazy iterator (10 000
+batches typically have a few hundred distinct schedules, and the ones due at a round
+minute a dozen), and a heap orders the schedules by their next fire time: finding what
+is due costs O(log s) per schedule plus O(1) per batch that fires.
 
 Catch-up: ticks that were missed (the scheduler fleet was down, or this process was
 stalled past more than one tick) go through the batch's `catch_up` policy:
@@ -13,6 +15,7 @@ stalled past more than one tick) go through the batch's `catch_up` policy:
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -30,6 +33,10 @@ log = logging.getLogger("batchdeck.scheduler")
 
 BatchKey = tuple[str, str]
 """(org, batch id)"""
+ScheduleKey = tuple[str, str]
+"""(effective cron, timezone)"""
+MAX_CATCH_UP = 1000
+"""The largest `max_catch_up` a batch may ask for."""
 
 CATCH_UP_WINDOWS = (timedelta(minutes=1), timedelta(hours=1), timedelta(days=1), timedelta(days=31),
                     timedelta(days=400))
@@ -47,19 +54,28 @@ class Tick:
 
 
 @dataclass
-class _Entry:
+class _Member:
     batch: Batch
+    schedule: ScheduleKey
+    joined_at: datetime
+    """Ticks at or before this instant are not the batch's (it joined a running schedule)."""
+
+
+@dataclass
+class _Schedule:
+    """Every batch with one (cron, timezone): their fire times are computed once."""
+
     times: Iterator[datetime]
     next_at: datetime | None
-    generation: int
+    members: dict[BatchKey, _Member] = field(default_factory=dict)
 
 
 @dataclass
 class Timeline:
-    entries: dict[BatchKey, _Entry] = field(default_factory=dict)
-    _heap: list[tuple[datetime, int, BatchKey, int]] = field(default_factory=list)
+    entries: dict[BatchKey, _Member] = field(default_factory=dict)
+    _schedules: dict[ScheduleKey, _Schedule] = field(default_factory=dict)
+    _heap: list[tuple[datetime, int, ScheduleKey]] = field(default_factory=list)
     _order: Iterator[int] = field(default_factory=itertools.count)
-    _generations: Iterator[int] = field(default_factory=itertools.count)
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -76,23 +92,30 @@ class Timeline:
             self.remove(key)
             return []
         try:
+            schedule_key = (batch.effective_cron(), batch.timezone)
             current = self.entries.get(key)
-            if current is not None and _same_schedule(current.batch, batch):
+            if current is not None and current.schedule == schedule_key:
                 current.batch = batch
                 return []
-            catch_up = self._missed(batch, missed_since, now) if missed_since is not None else []
-            times = fire_times(batch.effective_cron(), batch.timezone, now)
+            catch_up = self._missed(batch, schedule_key, missed_since, now) if missed_since is not None else []
+            schedule = self._schedules.get(schedule_key) or self._add_schedule(schedule_key, now)
         except ScheduleError as err:  # stored before the broker refused it: it cannot fire
             log.warning("batch %s of org %s is not scheduled: %s", batch.id, org, err)
             self.remove(key)
             return []
-        entry = _Entry(batch, times, None, next(self._generations))
-        self.entries[key] = entry
-        self._advance(key, entry)
+        self.remove(key)
+        member = _Member(batch, schedule_key, now)
+        self.entries[key] = schedule.members[key] = member
         return [Tick(org, batch.id, at, "catch_up") for at in catch_up]
 
     def remove(self, key: BatchKey) -> None:
-        self.entries.pop(key, None)  # its heap items are skipped when they surface
+        member = self.entries.pop(key, None)
+        if member is None:
+            return
+        schedule = self._schedules[member.schedule]
+        del schedule.members[key]
+        if not schedule.members:
+            del self._schedules[member.schedule]  # its heap item is skipped when it surfaces
 
     def next_due(self) -> datetime | None:
         """The earliest fire time of any batch."""
@@ -108,64 +131,75 @@ class Timeline:
             if not self._heap or self._heap[0][0] > now:
                 ticks.sort(key=lambda tick: tick.scheduled_at)
                 return ticks
-            _, _, key, _ = heapq.heappop(self._heap)
-            entry = self.entries[key]
-            due = []
-            while entry.next_at is not None and entry.next_at <= now and len(due) < CATCH_UP_SCAN_LIMIT:
-                due.append(entry.next_at)
-                entry.next_at = _next(entry.times)
-            if entry.next_at is not None and entry.next_at <= now:
-                # Stalled for ages: only the newest ticks matter, and the iterator jumps to now.
-                due = _newest_ticks(entry.batch, due[-1], now, entry.batch.max_catch_up + 1)
-                entry.times = fire_times(entry.batch.effective_cron(), entry.batch.timezone, now)
-                entry.next_at = _next(entry.times)
-            org, batch_id = key
-            ticks += [Tick(org, batch_id, at, "catch_up") for at in _by_policy(entry.batch, due[:-1], on_time=True)]
-            ticks.append(Tick(org, batch_id, due[-1], "cron"))
-            self._push(key, entry)
+            _, _, schedule_key = heapq.heappop(self._heap)
+            schedule = self._schedules[schedule_key]
+            due = self._due(schedule_key, schedule, now)
+            for (org, batch_id), member in schedule.members.items():
+                mine = due if due[0] > member.joined_at else [at for at in due if at > member.joined_at]
+                if not mine:
+                    continue
+                ticks += [Tick(org, batch_id, at, "catch_up") for at in _by_policy(member.batch, mine[:-1], True)]
+                ticks.append(Tick(org, batch_id, mine[-1], "cron"))
+            self._push(schedule_key, schedule)
 
-    def _advance(self, key: BatchKey, entry: _Entry) -> None:
-        entry.next_at = _next(entry.times)
-        self._push(key, entry)
+    def _due(self, schedule_key: ScheduleKey, schedule: _Schedule, now: datetime) -> list[datetime]:
+        """The schedule's ticks up to `now`, advancing it past them."""
+        due = []
+        while schedule.next_at is not None and schedule.next_at <= now and len(due) < CATCH_UP_SCAN_LIMIT:
+            due.append(schedule.next_at)
+            schedule.next_at = _next(schedule.times)
+        if schedule.next_at is not None and schedule.next_at <= now:
+            # Stalled for ages: only the newest ticks matter, and the iterator jumps to now.
+            due = _newest_ticks(schedule_key, due[-1], now, MAX_CATCH_UP + 1)
+            schedule.times = fire_times(*schedule_key, now)
+            schedule.next_at = _next(schedule.times)
+        return due
 
-    def _push(self, key: BatchKey, entry: _Entry) -> None:
-        if entry.next_at is not None:
-            heapq.heappush(self._heap, (entry.next_at, next(self._order), key, entry.generation))
+    def _add_schedule(self, schedule_key: ScheduleKey, now: datetime) -> _Schedule:
+        times = fire_times(*schedule_key, now)
+        schedule = self._schedules[schedule_key] = _Schedule(times, _next(times))
+        self._push(schedule_key, schedule)
+        return schedule
+
+    def _push(self, schedule_key: ScheduleKey, schedule: _Schedule) -> None:
+        if schedule.next_at is not None:
+            heapq.heappush(self._heap, (schedule.next_at, next(self._order), schedule_key))
 
     def _drop_stale(self) -> None:
         while self._heap:
-            at, _, key, generation = self._heap[0]
-            entry = self.entries.get(key)
-            if entry is not None and entry.generation == generation and entry.next_at == at:
+            at, _, schedule_key = self._heap[0]
+            schedule = self._schedules.get(schedule_key)
+            if schedule is not None and schedule.next_at == at:
                 return
             heapq.heappop(self._heap)
 
-    def _missed(self, batch: Batch, since: datetime, now: datetime) -> list[datetime]:
+    def _missed(self, batch: Batch, schedule_key: ScheduleKey, since: datetime, now: datetime) -> list[datetime]:
         keep = {"none": 0, "last": 1, "all": batch.max_catch_up}[batch.catch_up]
         if keep == 0 or since >= now:
             return []
-        return _by_policy(batch, _newest_ticks(batch, since, now, keep), on_time=False)
+        return _by_policy(batch, _newest_ticks(schedule_key, since, now, keep), on_time=False)
 
 
-def _newest_ticks(batch: Batch, since: datetime, now: datetime, count: int) -> list[datetime]:
+@functools.lru_cache(maxsize=4096)  # at start, thousands of batches share a few schedules and one watermark
+def _newest_ticks(schedule_key: ScheduleKey, since: datetime, now: datetime, count: int) -> list[datetime]:
     """The newest `count` fire times in `(since, now]`."""
     found: list[datetime] = []
     for window in CATCH_UP_WINDOWS:
         start = max(since, now - window)
-        ticks = _ticks_between(batch, start, now, count)
+        ticks = _ticks_between(schedule_key, start, now, count)
         if ticks is None:
             break  # too many ticks in this window: the smaller window's are the newest we know
         found = ticks
         if len(found) >= count or start == since:
             return found
     else:
-        found = _ticks_between(batch, since, now, count) or found
+        found = _ticks_between(schedule_key, since, now, count) or found
     return found
 
 
-def _ticks_between(batch: Batch, start: datetime, end: datetime, keep: int) -> list[datetime] | None:
+def _ticks_between(schedule_key: ScheduleKey, start: datetime, end: datetime, keep: int) -> list[datetime] | None:
     newest: deque[datetime] = deque(maxlen=keep)
-    times = fire_times(batch.effective_cron(), batch.timezone, start)
+    times = fire_times(*schedule_key, start)
     for _ in range(CATCH_UP_SCAN_LIMIT):
         at = _next(times)
         if at is None or at > end:
@@ -191,5 +225,3 @@ def _next(times: Iterator[datetime]) -> datetime | None:
         return None
 
 
-def _same_schedule(old: Batch, new: Batch) -> bool:
-    return old.effective_cron() == new.effective_cron() and old.timezone == new.timezone

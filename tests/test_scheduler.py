@@ -126,7 +126,8 @@ async def test_a_batch_created_while_running_fires_at_once_and_a_schedule_change
     created = now()
     await asyncio.sleep(1.6)
     first = scheduled(await stack.triggers(batch["id"]))
-    assert first and first[0] - created < timedelta(seconds=1.1), first
+    # the next tick, or the one after when the next was already being prepared (0.1 s ahead)
+    assert first and first[0] - created < timedelta(seconds=1.2), first
 
     await stack.api.call("batch", "update", {"id": batch["id"], "cron_expression": NEVER_SOON})
     changed = now()
