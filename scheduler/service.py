@@ -27,6 +27,7 @@ from broker import codec, ids, streams, subjects
 from broker.timestamps import parse_iso, to_iso
 from broker.types import Batch, Trigger
 from scheduler.fleet import Fleet, Membership, utc_now
+from scheduler.publisher import AckedPublisher
 from scheduler.timeline import Tick, Timeline
 
 log = logging.getLogger("batchdeck.scheduler")
@@ -57,6 +58,7 @@ class SchedulerService:
         self.id = replica_id or ids.instance_id()
         self.timeline = Timeline()
         self.fleet = Fleet(self.js, self.id)
+        self.publisher = AckedPublisher(nc)
         self.membership: Membership | None = None
         self.fired = 0
         self._wake = asyncio.Event()
@@ -72,6 +74,7 @@ class SchedulerService:
         started = utc_now()
         self.membership = await self.fleet.join(started)
         self._fired_through = started
+        await self.publisher.start()
         self.kv = await self.js.key_value(streams.BATCHES_BUCKET)
         self._watcher = await self.kv.watchall()
         batches = await self._initial_batches()
@@ -99,6 +102,7 @@ class SchedulerService:
             await self._watcher.stop()
         if self.membership is not None:
             await self.fleet.leave(utc_now(), self._watermark(utc_now()), len(self.timeline))
+        await self.publisher.stop()
 
     # ---- batches -----------------------------------------------------------------
 
@@ -197,12 +201,12 @@ class SchedulerService:
 
     async def _publish_once(self, triggers: list[Prepared]) -> list[Prepared]:
         """Send all, then wait for their acks together; returns the ones not stored."""
-        sent: list[tuple[Prepared, asyncio.Future[Any]]] = []
+        sent: list[tuple[Prepared, asyncio.Future[None]]] = []
         failed = []
         for item in triggers:
             item.trigger.fired_at = to_iso(utc_now())
             try:
-                ack = await self.js.publish_async(item.subject, codec.encode(item.trigger), headers=item.headers)
+                ack = await self.publisher.send(item.subject, codec.encode(item.trigger), item.headers)
             except Exception as err:  # disconnected: keep it for the retry
                 log.debug("trigger %s not sent: %r", item.headers[MSG_ID], err)
                 failed.append(item)
@@ -212,7 +216,7 @@ class SchedulerService:
             await asyncio.wait([ack for _, ack in sent], timeout=ACK_TIMEOUT_SECONDS)
         for item, ack in sent:
             if not ack.done():
-                ack.cancel()
+                self.publisher.forget(ack)
                 failed.append(item)
             elif ack.cancelled() or ack.exception() is not None:
                 failed.append(item)

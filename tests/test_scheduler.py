@@ -22,6 +22,7 @@ from expectations import parse_time
 from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
+from scheduler.publisher import AckedPublisher, NotStored
 from scheduler.service import SchedulerService
 
 ORG = "acme"
@@ -227,3 +228,17 @@ async def test_batch_next_lists_fire_times_in_the_batch_timezone(stack):
     assert all((t.hour, t.minute) in ((2, 30), (3, 0)) for t in local), local
     assert reply["timezone"] == "Europe/Berlin" and reply["cron"] == "30 2 * * *"
     assert reply["is_enabled"] is False
+
+
+async def test_the_trigger_publisher_reports_stored_and_refused_messages(stack):
+    publisher = AckedPublisher(stack.nc)
+    await publisher.start()
+    try:
+        stored = await publisher.send(f"bd.{ORG}.trigger.b1", b'{"trigger_id":"t","batch_id":"b1"}',
+                                      {"Nats-Msg-Id": "one"})
+        nowhere = await publisher.send("no.stream.here", b"{}", {"Nats-Msg-Id": "two"})
+        await asyncio.wait([stored, nowhere], timeout=5)
+        assert stored.done() and stored.exception() is None
+        assert isinstance(nowhere.exception(), NotStored)
+    finally:
+        await publisher.stop()
