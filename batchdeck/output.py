@@ -68,13 +68,13 @@ def _span(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def _utc(value: str | None) -> str:
+def _utc(value: Any) -> str:
     if not value:
         return ""
     try:
         return parse_iso(value).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    except ValueError:
-        return value
+    except (ValueError, AttributeError, TypeError):  # a refused trigger echoes whatever was sent
+        return str(value)
 
 
 def lag(trigger: dict[str, Any]) -> str:
@@ -107,8 +107,9 @@ def duration(ms: int | None) -> str:
     return f"{ms / 1000:.1f}s" if ms < 60_000 else _span(ms / 1000)
 
 
-def status(value: str | None) -> Text:
-    return Text(value or "", style=STATUS_STYLES.get(value or "", ""))
+def status(value: Any) -> Text:
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    return Text(text, style=STATUS_STYLES.get(text, ""))
 
 
 def yes_no(value: bool | None) -> Text:

@@ -41,6 +41,7 @@ from apscheduler.events import (
 )
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from nats.aio.client import Client
 
 SUBJECT_PREFIX = "apsbench.trigger"
 ORG = "default"
@@ -76,7 +77,7 @@ def iso(moment: float) -> str:
 
 
 class Peer:
-    def __init__(self, nc: nats.NATS) -> None:
+    def __init__(self, nc: Client) -> None:
         self.nc = nc
         self.scheduled: dict[str, float] = {}  # job id -> run time it was just submitted for
         self.counts = {"fires": 0, "missed": 0, "max_instances": 0, "errors": 0}
@@ -102,9 +103,7 @@ class Peer:
         self.counts["fires"] += 1
 
 
-async def run(url: str, specs_path: str) -> None:
-    with open(specs_path, encoding="utf-8") as handle:
-        specs = json.load(handle)
+async def run(url: str, specs: list[dict[str, str]]) -> None:
     nc = await nats.connect(url, name="apscheduler-peer")
     peer = Peer(nc)
     scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "misfire_grace_time": None, "max_instances": 1})
@@ -129,7 +128,9 @@ def main() -> None:
     parser.add_argument("--nats", required=True, metavar="URL")
     parser.add_argument("--specs", required=True, metavar="FILE")
     args = parser.parse_args()
-    asyncio.run(run(args.nats, args.specs))
+    with open(args.specs, encoding="utf-8") as handle:
+        specs = json.load(handle)
+    asyncio.run(run(args.nats, specs))
     sys.exit(0)
 
 

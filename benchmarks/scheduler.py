@@ -88,8 +88,9 @@ class Spec:
 def schedule_mix(count: int, rng: random.Random) -> list[Spec]:
     """`count` schedules: 40% once a minute at a random second (6 fields), 25% every N
     seconds (6 fields, plain `*/N` and offset `o/N`), 25% 5-field minute schedules
-    (`*/2`, `M * * * *`, `*/5`: second 0 of a minute, the bursts), 10% hourly, daily
-    and weekly ones (a quarter of them macros) in Berlin, New York and Tokyo."""
+    (every 2 and 5 minutes, hourly at minute M: second 0 of a minute, the bursts), 10%
+    hourly, daily and weekly ones (a quarter of them macros) in Berlin, New York and
+    Tokyo. The README lists the exact forms."""
     sizes = [round(count * 0.40), round(count * 0.25), round(count * 0.25)]
     sizes.append(count - sum(sizes))
     crons: list[tuple[str, str, str]] = []
@@ -103,7 +104,13 @@ def schedule_mix(count: int, rng: random.Random) -> list[Spec]:
             seconds = f"{rng.randrange(1, step)}/{step}"
         crons.append(("every-n-s", f"{seconds} * * * * *", "UTC"))
     for i in range(sizes[2]):
-        crons.append(("minute", ("*/2 * * * *", f"{rng.randrange(60)} * * * *", "*/5 * * * *")[i % 3], "UTC"))
+        # `*/2` and `*/5` with their shifted twins (`1-59/2`, `1-59/5` ... `4-59/5`) in equal
+        # numbers: every minute's second-0 burst is the same size, so every window (and
+        # both systems) sees the same load whichever minute it covers.
+        minute = (f"{'*' if i // 3 % 2 == 0 else '1-59'}/2",
+                  str(rng.randrange(60)),
+                  f"{'*' if i // 3 % 5 == 0 else f'{i // 3 % 5}-59'}/5")[i % 3]
+        crons.append(("minute", f"{minute} * * * *", "UTC"))
     for i in range(sizes[3]):
         tz, kind, macro = ZONES[i % 3], i // 3 % 3, i % 4 == 0
         minute, hour, weekday = rng.randrange(60), rng.randrange(24), rng.randrange(7)
@@ -284,7 +291,7 @@ class _Trigger(msgspec.Struct):
 
 
 def _epoch(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()  # Python >= 3.11 reads the trailing Z
 
 
 @dataclass
@@ -349,9 +356,9 @@ async def measure(nc: Client, subject: str, pid: int, server_pid: int, seconds: 
     sub = await nc.subscribe(subject, cb=collector.on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
     await nc.flush()
     start = float(math.ceil(time.time() + START_DELAY))
-    profiler = Profile(pid, seconds, profile) if profile is not None else None
     await asyncio.sleep(start - time.time())
     before = (_cpu_seconds(pid), _cpu_seconds(server_pid))
+    profiler = Profile(pid, seconds, profile) if profile is not None else None
     await asyncio.sleep(start + seconds - time.time())
     after = (_cpu_seconds(pid), _cpu_seconds(server_pid))
     result = Result(label, seconds=seconds, peak_rss_mb=_peak_rss_mb(pid))
@@ -407,7 +414,8 @@ def analyse(result: Result, collector: Collector, specs: list[Spec], start: floa
         result.burst_at = datetime.fromtimestamp(second, timezone.utc).strftime("%H:%M:%S")
         result.burst_max_ms = _max(per_second.get(second, []))
     if outside:
-        result.notes.append(f"{outside} triggers scheduled outside the window ignored")
+        result.notes.append(f"{outside} triggers scheduled outside the window (before it, or in the grace time) "
+                            "ignored")
     if bad:
         result.notes.append(f"{bad} undecodable messages")
     if set(sources) - {"cron"}:
@@ -472,7 +480,7 @@ async def peer_round(nc: Client, url: str, specs: list[Spec], specs_file: Path, 
     process = children.spawn([sys.executable, "-m", "benchmarks.peer_apscheduler", "--nats", url,
                               "--specs", str(specs_file)], out)
     try:
-        ready = await _wait_for_line(process, out, re.compile(rb"^ready (\d+)$", re.M))
+        ready = await _wait_for_line(process, out, re.compile(rb"^ready (\d+)$", re.MULTILINE))
         startup = time.monotonic() - spawned
         result, start, collector = await measure(nc, PEER_SUBJECTS, process.pid, children.server.process.pid,
                                                  args.seconds, "APScheduler", profile)
@@ -508,7 +516,7 @@ def _row(label: str, stats: dict[str, float]) -> str:
     for key, _, width, fmt in COLUMNS:
         value = stats[key]
         if fmt == "d":
-            cells.append(f"{value:>{width}.0f}" if value == value else f"{'nan':>{width}}")
+            cells.append(f"{'nan':>{width}}" if math.isnan(value) else f"{value:>{width}.0f}")
         else:
             cells.append(f"{value:>{width}{fmt}}")
     return f"{label:<12} " + " ".join(cells)
@@ -541,8 +549,9 @@ async def run(args: argparse.Namespace, children: Children, work: Path) -> None:
     setup = await provision(url, specs)
     nc = await nats.connect(url, name="bench-scheduler")
     js = nc.jetstream()
-    versions = [f"nats-server {nc.connected_server_version}", f"nats-py {importlib.metadata.version('nats-py')}",
-                f"croniter {importlib.metadata.version('croniter')}"]
+    server = nc.connected_server_version
+    versions = [f"nats-server {server.major}.{server.minor}.{server.patch}",
+                f"nats-py {importlib.metadata.version('nats-py')}", f"croniter {importlib.metadata.version('croniter')}"]
     if args.peer:
         versions.append(f"APScheduler {importlib.metadata.version('apscheduler')}")
     print(f"{_thousands(args.batches)} batches ({describe_mix(specs)}; seed {args.seed}), created in {setup:.1f} s; "

@@ -32,6 +32,7 @@ log = logging.getLogger("batchdeck.broker")
 Handler = Callable[[str, bytes], Awaitable[Any]]
 
 TRIGGER_CONSUMER = "broker_triggers"
+TRIGGER_MAX_DELIVER = 10
 MAX_IN_FLIGHT = 256
 """Requests one instance handles at once; more wait in the subscription."""
 
@@ -144,7 +145,7 @@ class ControlPlane:
 
     async def _consume_triggers(self) -> None:
         config = ConsumerConfig(
-            durable_name=TRIGGER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=10,
+            durable_name=TRIGGER_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=TRIGGER_MAX_DELIVER,
             filter_subject=subjects.TRIGGERS_SUBJECTS[0],
         )
         while True:
@@ -174,8 +175,7 @@ class ControlPlane:
         except Unavailable as err:
             # Transient (the batch's concurrency slot was contended), or the run could
             # not be enqueued, which recorded a `lost` execution a redelivery finds.
-            log.warning("trigger on %s not run yet, will be redelivered: %s", msg.subject, err.message)
-            await msg.nak(delay=0.5)
+            await self._retry_trigger(org, msg, err, 0.5)
             return
         except ApiError as err:
             # A trigger that cannot run (unknown or disabled batch, bad body) is final:
@@ -185,10 +185,21 @@ class ControlPlane:
             await msg.term()
             return
         except Exception as err:
-            log.warning("trigger on %s failed, will be redelivered: %s", msg.subject, err)
-            await msg.nak(delay=2.0)
+            await self._retry_trigger(org, msg, InternalError(f"{type(err).__name__}: {err}"), 2.0)
             return
         await msg.ack()
+
+    async def _retry_trigger(self, org: str, msg: Any, err: ApiError, delay: float) -> None:
+        """Redeliver a trigger that failed for a passing reason; at its last delivery,
+        record why it gave up on the trigger event instead of letting it vanish."""
+        if msg.metadata.num_delivered >= TRIGGER_MAX_DELIVER:
+            log.error("trigger on %s given up after %d deliveries: %s", msg.subject, TRIGGER_MAX_DELIVER, err.message)
+            await self._publish_refused_trigger(
+                org, msg, InternalError(f"given up after {TRIGGER_MAX_DELIVER} deliveries: {err.message}"))
+            await msg.term()
+            return
+        log.warning("trigger on %s not run yet, will be redelivered: %s", msg.subject, err.message)
+        await msg.nak(delay=delay)
 
     async def _publish_refused_trigger(self, org: str, msg: Any, err: ApiError) -> None:
         batch_id = msg.subject.rsplit(".", 1)[-1]

@@ -17,7 +17,6 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from broker import ids
 
 
 class NotStored(Exception):
@@ -27,7 +26,7 @@ class NotStored(Exception):
 class AckedPublisher:
     def __init__(self, nc: Client) -> None:
         self.nc = nc
-        self._prefix = f"_INBOX.bdsched{ids.new_id().lower()}."
+        self._prefix = f"{nc.new_inbox()}."
         self._tokens = itertools.count()
         self._waiting: dict[str, asyncio.Future[None]] = {}
         self._sub: Any = None
@@ -55,12 +54,12 @@ class AckedPublisher:
             raise
         return future
 
-    def forget(self, future: asyncio.Future[None]) -> None:
-        """Stop waiting for an ack (after a timeout)."""
-        future.cancel()
-        for token, waiting in list(self._waiting.items()):
-            if waiting is future:
-                del self._waiting[token]
+    def forget(self, futures: list[asyncio.Future[None]]) -> None:
+        """Stop waiting for these acks (after a timeout)."""
+        dropped = set(futures)
+        for future in dropped:
+            future.cancel()
+        self._waiting = {token: f for token, f in self._waiting.items() if f not in dropped}
 
     async def _on_ack(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._prefix):], None)

@@ -150,7 +150,7 @@ class Timeline:
             schedule.next_at = _next(schedule.times)
         if schedule.next_at is not None and schedule.next_at <= now:
             # Stalled for ages: only the newest ticks matter, and the iterator jumps to now.
-            due = _newest_ticks(schedule_key, due[-1], now, MAX_CATCH_UP + 1)
+            due = _newest_ticks(schedule_key, due[0] - timedelta(microseconds=1), now, MAX_CATCH_UP + 1)
             schedule.times = fire_times(*schedule_key, now)
             schedule.next_at = _next(schedule.times)
         return due
