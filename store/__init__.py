@@ -1,0 +1,1 @@
+"""The store: BD_EVENTS -> DuckDB history; the history and SQL API."""

@@ -1,0 +1,256 @@
+"""The history database: one DuckDB file, written by the ingest in columnar batches and
+read by the history API.
+
+Exactly once: every batch of events is written in one transaction together with the
+BD_EVENTS sequence of its last event (`ingest_state.committed_seq`); the ingest acks
+only after the commit, and on start it resumes right after the committed sequence, so
+a crash between commit and ack replays events the database already holds, and they
+are skipped by sequence.
+
+DuckDB is not asyncio: callers run these methods in a worker thread, one at a time
+for writes (the ingest), on cursors of their own for reads.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from store import schema
+
+EVENTS_STREAM = "BD_EVENTS"
+
+
+@dataclass
+class Batch:
+    """The rows of one ingest transaction, column by column."""
+
+    logs: dict[str, list[Any]] = field(default_factory=lambda: {c: [] for c in LOG_COLUMNS})
+    executions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    triggers: list[dict[str, Any]] = field(default_factory=list)
+    definitions: list[dict[str, Any]] = field(default_factory=list)
+    last_seq: int = 0
+    events: int = 0
+
+    def add_execution(self, org: str, execution: dict[str, Any]) -> None:
+        """Keep the newest state of each execution (state events may arrive out of
+        version order: the broker's `queued` and a fast runner's `running`)."""
+        key = (org, execution["id"])
+        held = self.executions.get(key)
+        if held is None or (execution.get("version") or 0) >= (held.get("version") or 0):
+            self.executions[key] = execution
+
+
+LOG_COLUMNS = ("org", "execution_id", "idx", "ts", "level", "stream", "action_index", "msg")
+EXECUTION_COLUMNS = (
+    "org", "id", "batch_id", "task_id", "name", "trigger_id", "source", "status", "attempt", "pool", "runner_id",
+    "queued_at", "started_at", "finished_at", "duration_ms", "progress_percent", "progress_text", "result",
+    "error", "context", "version",
+)
+ACTION_COLUMNS = ("org", "execution_id", "action_index", "task_id", "status", "exit_code", "started_at",
+                  "finished_at", "duration_ms", "error")
+TRIGGER_COLUMNS = ("org", "trigger_id", "batch_id", "source", "scheduled_at", "fired_at", "execution_id", "status",
+                   "error", "context", "lag_ms")
+JSON_COLUMNS = frozenset({"result", "context"})
+TIME_COLUMNS = frozenset({"ts", "queued_at", "started_at", "finished_at", "scheduled_at", "fired_at"})
+
+
+class History:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The store needs no files but its own, no network and no extensions: history.sql
+        # runs on this database, so nothing a query names can reach outside it.
+        self.conn = duckdb.connect(str(path), config={
+            "enable_external_access": False,
+            "autoinstall_known_extensions": False,
+            "autoload_known_extensions": False,
+        })
+        self.conn.execute("SET TimeZone = 'UTC'")
+        schema.create(self.conn)
+        self._write_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = self.conn.cursor()
+        cursor.execute("SET TimeZone = 'UTC'")
+        return cursor
+
+    def committed_seq(self) -> int:
+        row = self.cursor().execute("SELECT committed_seq FROM history.ingest_state WHERE stream = ?",
+                                    [EVENTS_STREAM]).fetchone()
+        return row[0] if row else 0
+
+    # ---- writing -----------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """One transaction: every row of the batch and the sequence it ends at."""
+        with self._write_lock:
+            cursor = self.cursor()
+            try:
+                cursor.begin()
+                if batch.logs["idx"]:
+                    _insert(cursor, "logs", LOG_COLUMNS, batch.logs)
+                if batch.executions:
+                    self._write_executions(cursor, batch)
+                if batch.triggers:
+                    _insert(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
+                for definition in batch.definitions:
+                    _write_definition(cursor, definition)
+                cursor.execute(
+                    "INSERT INTO history.ingest_state VALUES (?, ?, ?, now()) ON CONFLICT (stream) DO UPDATE SET "
+                    "committed_seq = excluded.committed_seq, updated_at = excluded.updated_at",
+                    [EVENTS_STREAM, batch.last_seq, schema.SCHEMA_VERSION],
+                )
+                cursor.commit()
+            except BaseException:
+                cursor.rollback()
+                raise
+            finally:
+                cursor.close()
+
+    def _write_executions(self, cursor: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+        rows = [{"org": org, **execution} for (org, _), execution in batch.executions.items()]
+        staged = _columns(rows, EXECUTION_COLUMNS)
+        # Only states newer than what is stored win (a replayed old state changes nothing).
+        winners = cursor.execute(
+            "SELECT s.org, s.id FROM (SELECT unnest(?) AS org, unnest(?) AS id, unnest(?) AS version) s "
+            "LEFT JOIN history.executions e ON e.org = s.org AND e.id = s.id "
+            "WHERE e.version IS NULL OR s.version > e.version",
+            [staged["org"], staged["id"], staged["version"]],
+        ).fetchall()
+        chosen = set(winners)
+        rows = [r for r in rows if (r["org"], r["id"]) in chosen]
+        if not rows:
+            return
+        columns = _columns(rows, EXECUTION_COLUMNS)
+        updates = ", ".join(f"{c} = excluded.{c}" for c in EXECUTION_COLUMNS if c not in ("org", "id"))
+        _insert(cursor, "executions", EXECUTION_COLUMNS, columns, f"ON CONFLICT (org, id) DO UPDATE SET {updates}")
+        cursor.execute(
+            "DELETE FROM history.execution_actions AS a USING (SELECT unnest(?) AS org, unnest(?) AS id) AS d "
+            "WHERE a.org = d.org AND a.execution_id = d.id",
+            [columns["org"], columns["id"]],
+        )
+        actions = [
+            {"org": r["org"], "execution_id": r["id"], "action_index": a.get("index"), "task_id": a.get("task_id"),
+             "status": a.get("status"), "exit_code": a.get("exit_code"), "started_at": a.get("started_at"),
+             "finished_at": a.get("finished_at"), "duration_ms": _duration(a), "error": a.get("error")}
+            for r in rows for a in r.get("actions") or []
+        ]
+        if actions:
+            _insert(cursor, "execution_actions", ACTION_COLUMNS, _columns(actions, ACTION_COLUMNS))
+        final = [r for r in rows if r.get("runner_id") and r.get("finished_at")]
+        for row in final:
+            cursor.execute(
+                "INSERT INTO history.runners (org, id, first_seen, last_seen, executions) VALUES (?, ?, ?, ?, 1) "
+                "ON CONFLICT (org, id) DO UPDATE SET last_seen = greatest(runners.last_seen, excluded.last_seen), "
+                "executions = runners.executions + 1",
+                [row["org"], row["runner_id"], row.get("started_at") or row["finished_at"], row["finished_at"]],
+            )
+
+    # ---- retention ---------------------------------------------------------------
+
+    def remove_older_than(self, days: float) -> dict[str, int]:
+        """Delete history older than `days` and checkpoint, so the file stops growing."""
+        cutoff = datetime.now(timezone.utc) - timedelta(days=days)
+        removed = {}
+        with self._write_lock:
+            cursor = self.cursor()
+            try:
+                cursor.begin()
+                old = "(SELECT org, id FROM history.executions WHERE coalesce(finished_at, queued_at) < ?) AS old"
+                for table in ("history.logs", "history.execution_actions"):
+                    removed[table.split(".")[1]] = cursor.execute(
+                        f"DELETE FROM {table} USING {old} WHERE {table}.org = old.org AND {table}.execution_id = old.id",
+                        [cutoff]).fetchone()[0]
+                removed["executions"] = cursor.execute(
+                    "DELETE FROM history.executions WHERE coalesce(finished_at, queued_at) < ?", [cutoff]).fetchone()[0]
+                removed["triggers"] = cursor.execute(
+                    "DELETE FROM history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
+                removed["logs"] += cursor.execute("DELETE FROM history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
+                cursor.commit()
+            except BaseException:
+                cursor.rollback()
+                raise
+            finally:
+                cursor.close()
+            self.conn.execute("CHECKPOINT")
+        return removed
+
+
+def _insert(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], columns: dict[str, list[Any]],
+            suffix: str = "") -> None:
+    """A columnar insert: one statement whatever the number of rows (DuckDB's row-at-a-time
+    executemany manages under a thousand rows a second)."""
+    select = ", ".join(_cast(name) for name in names)
+    cursor.execute(
+        f"INSERT INTO history.{table} ({', '.join(names)}) SELECT {select} FROM "
+        f"(SELECT {', '.join(f'unnest(${i + 1}) AS {n}' for i, n in enumerate(names))}) {suffix}",
+        [columns[n] for n in names],
+    )
+
+
+def _cast(name: str) -> str:
+    if name in TIME_COLUMNS:
+        return f"TRY_CAST({name} AS TIMESTAMPTZ)"  # a malformed time becomes null, never a failed batch
+    if name in JSON_COLUMNS:
+        return f"CAST({name} AS JSON)"
+    return name
+
+
+def _columns(rows: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    columns: dict[str, list[Any]] = {n: [] for n in names}
+    for row in rows:
+        for n in names:
+            value = row.get(n)
+            if n in JSON_COLUMNS and value is not None and not isinstance(value, str):
+                value = _json(value)
+            columns[n].append(value)
+    return columns
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _duration(action: dict[str, Any]) -> int | None:
+    start, end = action.get("started_at"), action.get("finished_at")
+    if not start or not end:
+        return None
+    try:
+        delta = datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return int(delta.total_seconds() * 1000)
+
+
+def _write_definition(cursor: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
+    """One definition version: the previous version's `valid_to` is this one's time."""
+    table = "history.tasks" if event.get("kind") == "task" else "history.batches"
+    definition = event.get("definition") or {}
+    org, object_id, ts = event.get("org"), event.get("id"), event.get("ts")
+    cursor.execute(f"UPDATE {table} SET valid_to = TRY_CAST(? AS TIMESTAMPTZ) WHERE org = ? AND id = ? AND valid_to IS NULL",
+                   [ts, org, object_id])
+    if table == "history.tasks":
+        command = definition.get("command")
+        cursor.execute(
+            "INSERT INTO history.tasks VALUES (?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), "
+            "NULL)",
+            [org, object_id, definition.get("version"), definition.get("name"), definition.get("kind"),
+             definition.get("module"), None if command is None else _json(command), definition.get("pool"),
+             _json(definition), event.get("change"), ts],
+        )
+    else:
+        cursor.execute(
+            "INSERT INTO history.batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), NULL)",
+            [org, object_id, definition.get("version"), definition.get("name"), definition.get("cron_expression"),
+             definition.get("timezone"), definition.get("is_enabled"), definition.get("concurrency"),
+             _json(definition), event.get("change"), ts],
+        )
