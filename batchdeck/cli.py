@@ -17,7 +17,7 @@ from broker.connect import ConnectOptions, connect
 from broker.errors import ApiError
 from broker.server import ServerError
 from broker.subjects import is_valid_org
-from batchdeck import commands, config, output, supervisor
+from batchdeck import commands, config, history, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN
 
 
@@ -81,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
                                help="run a scheduler replica: batch schedules -> triggers (run several for HA)")
     scheduler.add_argument("--name", help="replica id (default: host-pid-random)")
 
+    store = sub.add_parser("store", parents=[common], help="run the store: event history in DuckDB, the history API")
+    store.add_argument("--db", type=Path, required=True, metavar="PATH", help="the DuckDB history file")
+    store.add_argument("--retain-days", type=float, default=None, metavar="N",
+                       help="remove history older than N days (checked hourly; default: keep everything)")
+
     commands.add_parsers(sub, common)
+    history.add_parsers(sub, common)
     return parser
 
 
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
     if args.command == "runner":
         _check_runner_args(parser, args)
+    if args.command == "store" and args.retain_days is not None and args.retain_days <= 0:
+        parser.error("--retain-days must be more than 0")
     if args.command == "scheduler" and args.name is not None and not re.match(ID_PATTERN, args.name):
         parser.error("--name takes 1-64 letters, digits, '_' or '-'")
     try:
@@ -144,10 +152,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     elif args.command == "scheduler":
         await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name)
+    elif args.command == "store":
+        await supervisor.run_store(_connect_options(args, "batchdeck-store"), args.db, args.retain_days)
     else:
         nc = await _client_connection(args)
         try:
-            await commands.run(ApiClient(nc, args.org), args)
+            api = ApiClient(nc, args.org)
+            if args.command == "sql":
+                await history.run_sql(api, args)
+            elif args.command == "logs":
+                await history.run_logs(nc, api, args)
+            else:
+                await commands.run(api, args)
         finally:
             await nc.close()
     return 0

@@ -24,6 +24,7 @@ from broker.service import ControlPlane
 from batchdeck import demo, output
 from runner.service import RunnerService
 from scheduler.service import SchedulerService
+from store.service import StoreService
 
 log = logging.getLogger("batchdeck")
 
@@ -83,6 +84,18 @@ async def run_scheduler(options: ConnectOptions, name: str | None) -> None:
         await nc.drain()
 
 
+async def run_store(options: ConnectOptions, db: Path, retain_days: float | None) -> None:
+    """`batchdeck store`: ingest events into the history file and answer the history API."""
+    nc = await connect(options, service=True)
+    store = StoreService(nc, db, retain_days)
+    try:
+        await store.start()
+        await wait_for_stop_signal()
+    finally:
+        await store.stop()
+        await nc.drain()
+
+
 def start_runner_processes(url: str, org: str, count: int) -> list[subprocess.Popen[bytes]]:
     """`count` runner processes (their logs go to our stderr)."""
     # Own sessions: a Ctrl-C in the terminal reaches `up` only, which then stops the
@@ -94,6 +107,7 @@ def start_runner_processes(url: str, org: str, count: int) -> list[subprocess.Po
     ]
 
 
+HISTORY_FILE = "history.duckdb"
 RUNNER_STOP_TIMEOUT = 60.0
 """Seconds runners get to stop: their drain (30 s) and cancel grace (10 s), with room."""
 
@@ -137,7 +151,7 @@ async def run_up(
     """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
     server = EmbeddedServer(data_dir, port=port, host=host)
     await server.astart()
-    nc = plane = scheduler = None
+    nc = plane = scheduler = store = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
         nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
@@ -145,6 +159,8 @@ async def run_up(
         _report_drift(await plane.start())
         scheduler = SchedulerService(nc)
         await scheduler.start()
+        store = StoreService(nc, data_dir / HISTORY_FILE)
+        await store.start()
         workers = start_runner_processes(server.url, org, runners)
         if seed_demo:
             created = await demo.seed(ApiClient(nc, org))
@@ -156,6 +172,8 @@ async def run_up(
         if scheduler is not None:
             await scheduler.stop()
         await stop_processes(workers)
+        if store is not None:
+            await store.stop()
         if plane is not None:
             await plane.stop()
         if nc is not None:
@@ -170,6 +188,7 @@ def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bo
     console.print(f"  org       {org}", highlight=False)
     console.print(f"  runners   {runners} (pool 'default')", highlight=False)
     console.print("  scheduler 1 replica", highlight=False)
+    console.print(f"  history   {data_dir / HISTORY_FILE} (batchdeck sql \"SELECT * FROM task_stats\")", highlight=False)
     console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
     if not headless:
         console.print("  [dim]the terminal dashboard is not part of this build yet; running headless[/dim]")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -15,26 +14,19 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.errors import TimeoutError as NatsTimeout
-from nats.micro import add_service
-from nats.micro.request import Request
-from nats.micro.service import Service
 
-from broker import __version__, codec, streams, subjects
+from broker import codec, streams, subjects
 from broker.buckets import open_buckets
-from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
 from broker.definitions import Definitions
 from broker.errors import ApiError, BadRequest, InternalError, Unavailable
+from broker.endpoints import Endpoints, Handler
 from broker.executions import Executions
 from broker.types import Trigger
 
 log = logging.getLogger("batchdeck.broker")
 
-Handler = Callable[[str, bytes], Awaitable[Any]]
-
 TRIGGER_CONSUMER = "broker_triggers"
 TRIGGER_MAX_DELIVER = 10
-MAX_IN_FLIGHT = 256
-"""Requests one instance handles at once; more wait in the subscription."""
 
 
 class ControlPlane:
@@ -43,9 +35,7 @@ class ControlPlane:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self.nc = nc
         self.js = js
-        self.service: Service | None = None
-        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.api = Endpoints(nc)
         self._trigger_loop: asyncio.Task[None] | None = None
         self._trigger_sub: Any = None
 
@@ -57,17 +47,15 @@ class ControlPlane:
         self.definitions = Definitions(self.js, buckets)
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)
         self.definitions.module_catalog = self.executions.module_catalog
-        self.service = await add_service(
-            self.nc, name=subjects.SERVICE_NAME, version=__version__,
-            description="batchdeck control plane: tasks, batches, executions",
-        )
-        for (resource, verb), handler in self.endpoints().items():
-            await self.service.add_endpoint(
-                name=f"{resource}-{verb}", subject=subjects.api_any_org(resource, verb), handler=self._wrap(handler),
-                metadata={"resource": resource, "verb": verb},
-            )
+        await self.api.start(subjects.SERVICE_NAME, "batchdeck control plane: tasks, batches, executions",
+                             self.endpoints())
         self._trigger_loop = asyncio.create_task(self._consume_triggers(), name="broker-triggers")
         return drift
+
+    @property
+    def service(self):
+        """The micro service instance (its id, stats)."""
+        return self.api.service
 
     def endpoints(self) -> dict[tuple[str, str], Handler]:
         d, e = self.definitions, self.executions
@@ -102,44 +90,7 @@ class ControlPlane:
         if self._trigger_sub is not None:
             # A pull subscription left open keeps a later drain() waiting for its timeout.
             await self._trigger_sub.unsubscribe()
-        if self.service is not None:
-            await self.service.stop()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    # ---- requests ----------------------------------------------------------------
-
-    def _wrap(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
-        # A subscription runs its callbacks one at a time; each request gets its own
-        # task so a slow one (a cancel forwarded to a runner) does not hold up the rest.
-        async def on_request(request: Request) -> None:
-            await self._slots.acquire()
-            task = asyncio.create_task(self._serve(handler, request))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-        return on_request
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._slots.release()
-
-    async def _serve(self, handler: Handler, request: Request) -> None:
-        org = subjects.org_of(request.subject)
-        try:
-            if not subjects.is_valid_org(org):
-                raise BadRequest(f"org {org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
-            reply = codec.encode(await handler(org, request.data))
-            if len(reply) > self.nc.max_payload:
-                raise BadRequest(f"the reply is {len(reply)} bytes, over the server's limit; ask for a smaller per_page")
-        except ApiError as err:
-            await _respond_error(request, err)
-            return
-        except Exception as err:  # the service keeps serving whatever a handler does
-            log.exception("%s failed", request.subject)
-            await _respond_error(request, InternalError(f"internal error: {type(err).__name__}: {err}"))
-            return
-        await request.respond(reply)
+        await self.api.stop()
 
     # ---- triggers ----------------------------------------------------------------
 
@@ -213,10 +164,3 @@ class ControlPlane:
         except Exception:
             log.exception("could not publish the refused trigger event")
 
-
-async def _respond_error(request: Request, err: ApiError) -> None:
-    await request.respond(
-        codec.encode(err.to_body()),
-        # A header value must stay on one line, whatever text the error echoes.
-        headers={ERROR_CODE_HEADER: str(err.code), ERROR_HEADER: " ".join(err.message.split())[:1000]},
-    )

@@ -84,7 +84,7 @@ class History:
         return cursor
 
     def committed_seq(self) -> int:
-        row = self.cursor().execute("SELECT committed_seq FROM history.ingest_state WHERE stream = ?",
+        row = self.cursor().execute("SELECT committed_seq FROM bd_history.ingest_state WHERE stream = ?",
                                     [EVENTS_STREAM]).fetchone()
         return row[0] if row else 0
 
@@ -105,7 +105,7 @@ class History:
                 for definition in batch.definitions:
                     _write_definition(cursor, definition)
                 cursor.execute(
-                    "INSERT INTO history.ingest_state VALUES (?, ?, ?, now()) ON CONFLICT (stream) DO UPDATE SET "
+                    "INSERT INTO bd_history.ingest_state VALUES (?, ?, ?, now()) ON CONFLICT (stream) DO UPDATE SET "
                     "committed_seq = excluded.committed_seq, updated_at = excluded.updated_at",
                     [EVENTS_STREAM, batch.last_seq, schema.SCHEMA_VERSION],
                 )
@@ -122,7 +122,7 @@ class History:
         # Only states newer than what is stored win (a replayed old state changes nothing).
         winners = cursor.execute(
             "SELECT s.org, s.id FROM (SELECT unnest(?) AS org, unnest(?) AS id, unnest(?) AS version) s "
-            "LEFT JOIN history.executions e ON e.org = s.org AND e.id = s.id "
+            "LEFT JOIN bd_history.executions e ON e.org = s.org AND e.id = s.id "
             "WHERE e.version IS NULL OR s.version > e.version",
             [staged["org"], staged["id"], staged["version"]],
         ).fetchall()
@@ -134,7 +134,7 @@ class History:
         updates = ", ".join(f"{c} = excluded.{c}" for c in EXECUTION_COLUMNS if c not in ("org", "id"))
         _insert(cursor, "executions", EXECUTION_COLUMNS, columns, f"ON CONFLICT (org, id) DO UPDATE SET {updates}")
         cursor.execute(
-            "DELETE FROM history.execution_actions AS a USING (SELECT unnest(?) AS org, unnest(?) AS id) AS d "
+            "DELETE FROM bd_history.execution_actions AS a USING (SELECT unnest(?) AS org, unnest(?) AS id) AS d "
             "WHERE a.org = d.org AND a.execution_id = d.id",
             [columns["org"], columns["id"]],
         )
@@ -149,7 +149,7 @@ class History:
         final = [r for r in rows if r.get("runner_id") and r.get("finished_at")]
         for row in final:
             cursor.execute(
-                "INSERT INTO history.runners (org, id, first_seen, last_seen, executions) VALUES (?, ?, ?, ?, 1) "
+                "INSERT INTO bd_history.runners (org, id, first_seen, last_seen, executions) VALUES (?, ?, ?, ?, 1) "
                 "ON CONFLICT (org, id) DO UPDATE SET last_seen = greatest(runners.last_seen, excluded.last_seen), "
                 "executions = runners.executions + 1",
                 [row["org"], row["runner_id"], row.get("started_at") or row["finished_at"], row["finished_at"]],
@@ -165,16 +165,16 @@ class History:
             cursor = self.cursor()
             try:
                 cursor.begin()
-                old = "(SELECT org, id FROM history.executions WHERE coalesce(finished_at, queued_at) < ?) AS old"
-                for table in ("history.logs", "history.execution_actions"):
+                old = "(SELECT org, id FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?) AS old"
+                for table in ("bd_history.logs", "bd_history.execution_actions"):
                     removed[table.split(".")[1]] = cursor.execute(
                         f"DELETE FROM {table} USING {old} WHERE {table}.org = old.org AND {table}.execution_id = old.id",
                         [cutoff]).fetchone()[0]
                 removed["executions"] = cursor.execute(
-                    "DELETE FROM history.executions WHERE coalesce(finished_at, queued_at) < ?", [cutoff]).fetchone()[0]
+                    "DELETE FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?", [cutoff]).fetchone()[0]
                 removed["triggers"] = cursor.execute(
-                    "DELETE FROM history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
-                removed["logs"] += cursor.execute("DELETE FROM history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
+                    "DELETE FROM bd_history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
+                removed["logs"] += cursor.execute("DELETE FROM bd_history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
                 cursor.commit()
             except BaseException:
                 cursor.rollback()
@@ -191,7 +191,7 @@ def _insert(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...
     executemany manages under a thousand rows a second)."""
     select = ", ".join(_cast(name) for name in names)
     cursor.execute(
-        f"INSERT INTO history.{table} ({', '.join(names)}) SELECT {select} FROM "
+        f"INSERT INTO bd_history.{table} ({', '.join(names)}) SELECT {select} FROM "
         f"(SELECT {', '.join(f'unnest(${i + 1}) AS {n}' for i, n in enumerate(names))}) {suffix}",
         [columns[n] for n in names],
     )
@@ -233,15 +233,15 @@ def _duration(action: dict[str, Any]) -> int | None:
 
 def _write_definition(cursor: duckdb.DuckDBPyConnection, event: dict[str, Any]) -> None:
     """One definition version: the previous version's `valid_to` is this one's time."""
-    table = "history.tasks" if event.get("kind") == "task" else "history.batches"
+    table = "bd_history.tasks" if event.get("kind") == "task" else "bd_history.batches"
     definition = event.get("definition") or {}
     org, object_id, ts = event.get("org"), event.get("id"), event.get("ts")
     cursor.execute(f"UPDATE {table} SET valid_to = TRY_CAST(? AS TIMESTAMPTZ) WHERE org = ? AND id = ? AND valid_to IS NULL",
                    [ts, org, object_id])
-    if table == "history.tasks":
+    if table == "bd_history.tasks":
         command = definition.get("command")
         cursor.execute(
-            "INSERT INTO history.tasks VALUES (?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), "
+            "INSERT INTO bd_history.tasks VALUES (?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), "
             "NULL)",
             [org, object_id, definition.get("version"), definition.get("name"), definition.get("kind"),
              definition.get("module"), None if command is None else _json(command), definition.get("pool"),
@@ -249,7 +249,7 @@ def _write_definition(cursor: duckdb.DuckDBPyConnection, event: dict[str, Any]) 
         )
     else:
         cursor.execute(
-            "INSERT INTO history.batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), NULL)",
+            "INSERT INTO bd_history.batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS JSON), ?, TRY_CAST(? AS TIMESTAMPTZ), NULL)",
             [org, object_id, definition.get("version"), definition.get("name"), definition.get("cron_expression"),
              definition.get("timezone"), definition.get("is_enabled"), definition.get("concurrency"),
              _json(definition), event.get("change"), ts],

@@ -71,6 +71,8 @@ class Ingest:
                     messages = await sub.fetch(self.fetch, timeout=1.0)
                 except (NatsTimeout, asyncio.TimeoutError):
                     continue
+                if not messages:
+                    continue
                 batch = self._batch(messages)
                 if batch.last_seq > self.committed:
                     await asyncio.to_thread(self.history.write, batch)

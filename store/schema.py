@@ -1,8 +1,9 @@
 """The history schema in DuckDB: what users write SQL against (docs/sql.md).
 
-Tables live in the schema `history` and carry `org` first; times are TIMESTAMPTZ (UTC).
-The schema is stable: columns are added, never renamed or removed. Users do not name
-`history.` themselves: a query session (`open_session`) exposes each table under its
+Tables live in the schema `bd_history` (not `history`: a file `history.duckdb` is a
+catalog of that name) and carry `org` first; times are TIMESTAMPTZ (UTC). The schema is
+stable: columns are added, never renamed or removed. Users do not name
+`bd_history.` themselves: a query session (`open_session`) exposes each table under its
 plain name as a view confined to one org, plus the derived views, and `history.sql`
 accepts only those names. `ingest_state` is the store's own bookkeeping.
 """
@@ -15,7 +16,7 @@ SCHEMA_VERSION = 1
 
 TABLES = {
     "executions": """
-        CREATE TABLE IF NOT EXISTS history.executions (
+        CREATE TABLE IF NOT EXISTS bd_history.executions (
             org VARCHAR NOT NULL,
             id VARCHAR NOT NULL,
             batch_id VARCHAR,
@@ -40,7 +41,7 @@ TABLES = {
             PRIMARY KEY (org, id)
         )""",
     "execution_actions": """
-        CREATE TABLE IF NOT EXISTS history.execution_actions (
+        CREATE TABLE IF NOT EXISTS bd_history.execution_actions (
             org VARCHAR NOT NULL,
             execution_id VARCHAR NOT NULL,
             action_index INTEGER NOT NULL,
@@ -53,7 +54,7 @@ TABLES = {
             error VARCHAR
         )""",
     "logs": """
-        CREATE TABLE IF NOT EXISTS history.logs (
+        CREATE TABLE IF NOT EXISTS bd_history.logs (
             org VARCHAR NOT NULL,
             execution_id VARCHAR NOT NULL,
             idx BIGINT NOT NULL,
@@ -64,7 +65,7 @@ TABLES = {
             msg VARCHAR
         )""",
     "triggers": """
-        CREATE TABLE IF NOT EXISTS history.triggers (
+        CREATE TABLE IF NOT EXISTS bd_history.triggers (
             org VARCHAR NOT NULL,
             trigger_id VARCHAR,
             batch_id VARCHAR,
@@ -78,7 +79,7 @@ TABLES = {
             lag_ms BIGINT
         )""",
     "tasks": """
-        CREATE TABLE IF NOT EXISTS history.tasks (
+        CREATE TABLE IF NOT EXISTS bd_history.tasks (
             org VARCHAR NOT NULL,
             id VARCHAR NOT NULL,
             version BIGINT,
@@ -93,7 +94,7 @@ TABLES = {
             valid_to TIMESTAMPTZ
         )""",
     "batches": """
-        CREATE TABLE IF NOT EXISTS history.batches (
+        CREATE TABLE IF NOT EXISTS bd_history.batches (
             org VARCHAR NOT NULL,
             id VARCHAR NOT NULL,
             version BIGINT,
@@ -108,7 +109,7 @@ TABLES = {
             valid_to TIMESTAMPTZ
         )""",
     "runners": """
-        CREATE TABLE IF NOT EXISTS history.runners (
+        CREATE TABLE IF NOT EXISTS bd_history.runners (
             org VARCHAR NOT NULL,
             id VARCHAR NOT NULL,
             host VARCHAR,
@@ -122,7 +123,7 @@ TABLES = {
 
 INTERNAL = {
     "ingest_state": """
-        CREATE TABLE IF NOT EXISTS history.ingest_state (
+        CREATE TABLE IF NOT EXISTS bd_history.ingest_state (
             stream VARCHAR PRIMARY KEY,
             committed_seq BIGINT NOT NULL,
             schema_version INTEGER NOT NULL,
@@ -165,7 +166,7 @@ QUERYABLE = frozenset(TABLES) | frozenset(VIEWS)
 
 def create(conn: duckdb.DuckDBPyConnection) -> None:
     """Create what is missing (idempotent)."""
-    conn.execute("CREATE SCHEMA IF NOT EXISTS history")
+    conn.execute("CREATE SCHEMA IF NOT EXISTS bd_history")
     for ddl in (*TABLES.values(), *INTERNAL.values()):
         conn.execute(ddl)
 
@@ -175,7 +176,7 @@ def open_session(cursor: duckdb.DuckDBPyConnection, org: str | None) -> None:
     of its own): confined to `org`'s rows, or every org's when None (benchmarks, admin)."""
     for name in TABLES:
         where = "" if org is None else f" WHERE org = '{_literal(org)}'"
-        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM history.{name}{where}")
+        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM bd_history.{name}{where}")
     for name, body in VIEWS.items():
         cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {body}")
 

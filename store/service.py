@@ -1,0 +1,165 @@
+"""The store service: ingests BD_EVENTS into DuckDB and answers the history API as a
+micro service of its own (`batchdeck-store`): `exec.logs`, `batch.results`,
+`history.sql`. One store per history file: DuckDB allows one writing process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import duckdb
+from msgspec import Meta, Struct
+from nats.aio.client import Client
+
+from broker import codec, streams
+from broker.endpoints import Endpoints, Handler
+from broker.errors import BadRequest, NotFound
+from broker.query import page_of
+from broker.timestamps import parse_iso
+from broker.types import ID_PATTERN, ListRequest
+from store import sql
+from store.history import EXECUTION_COLUMNS, History
+from store.ingest import Ingest
+
+log = logging.getLogger("batchdeck.store")
+
+SERVICE_NAME = "batchdeck-store"
+RETENTION_INTERVAL = 3600.0
+MAX_LOG_LINES = 10_000
+MAX_RESULTS = 10_000
+"""Executions of one batch that `batch.results` pages through (newest first)."""
+
+Id = Annotated[str, Meta(pattern=ID_PATTERN)]
+
+
+class LogsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    id: Annotated[str, Meta(min_length=1, max_length=64)]
+    offset: Annotated[int, Meta(ge=0)] = 0
+    limit: Annotated[int, Meta(ge=1, le=MAX_LOG_LINES)] = 1000
+    since: str | None = None
+    order: Literal["asc", "desc"] = "asc"
+
+
+class SqlRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    sql: Annotated[str, Meta(min_length=1, max_length=sql.MAX_SQL_LENGTH)]
+    params: list[Any] = []
+
+
+class ResultsRequest(ListRequest, kw_only=True, forbid_unknown_fields=True):
+    id: Id
+
+
+class StoreService:
+    def __init__(self, nc: Client, db_path: Path, retain_days: float | None = None) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.db_path = db_path
+        self.history = History(db_path)
+        self.retain_days = retain_days
+        self.ingest = Ingest(self.js, self.history)
+        self.api = Endpoints(nc)
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    async def start(self) -> None:
+        await streams.wait_for_provisioning(self.js, log)
+        await self.api.start(SERVICE_NAME, "batchdeck history: logs, results, SQL", self.endpoints())
+        self._tasks = [asyncio.create_task(self.ingest.run(), name="store-ingest")]
+        if self.retain_days:
+            self._tasks.append(asyncio.create_task(self._retain_forever(), name="store-retention"))
+        log.info("store: history in %s, resuming after event %d", self.db_path, self.history.committed_seq())
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.api.stop()
+        self.history.close()
+
+    def endpoints(self) -> dict[tuple[str, str], Handler]:
+        return {
+            ("exec", "logs"): self.logs,
+            ("batch", "results"): self.results,
+            ("history", "sql"): self.sql,
+        }
+
+    # ---- endpoints ---------------------------------------------------------------
+
+    async def logs(self, org: str, body: bytes) -> dict[str, Any]:
+        """Stored log lines of an execution: `offset` skips lines (items have idx >
+        offset), `since` keeps lines at or after a time, `order` asc or desc."""
+        request = codec.decode_request(body, LogsRequest)
+        since = None
+        if request.since is not None:
+            try:
+                since = parse_iso(request.since)
+            except ValueError:
+                raise BadRequest(f"since {request.since!r} is not an RFC 3339 time") from None
+        query = ("SELECT idx, ts, level, stream, action_index, msg FROM bd_history.logs "
+                 "WHERE org = ? AND execution_id = ? AND idx > ?")
+        params: list[Any] = [org, request.id, request.offset]
+        if since is not None:
+            query += " AND ts >= ?"
+            params.append(since)
+        query += f" ORDER BY idx {request.order.upper()} LIMIT ?"
+        params.append(request.limit)
+        rows = await asyncio.to_thread(self._read, query, params)
+        items = [{"idx": r[0], "ts": sql.plain(r[1]), "level": r[2], "stream": r[3], "action_index": r[4],
+                  "msg": r[5], "execution_id": request.id} for r in rows]
+        return {"items": items}
+
+    async def results(self, org: str, body: bytes) -> Any:
+        """A batch's executions from history (Page, newest first by default)."""
+        request = codec.decode_request(body, ResultsRequest)
+        columns = ", ".join(EXECUTION_COLUMNS)
+        rows = await asyncio.to_thread(
+            self._read, f"SELECT {columns} FROM bd_history.executions WHERE org = ? AND batch_id = ? "
+                        "ORDER BY queued_at DESC LIMIT ?", [org, request.id, MAX_RESULTS])
+        if not rows and not await asyncio.to_thread(self._known_batch, org, request.id):
+            raise NotFound(f"batch {request.id!r} has no history", {"kind": "batch", "id": request.id})
+        items = [{c: sql.plain(v) for c, v in zip(EXECUTION_COLUMNS, row, strict=True)} for row in rows]
+        for item in items:
+            for name in ("result", "context"):
+                if isinstance(item[name], str):
+                    item[name] = codec.decode(item[name].encode(), Any)
+        return page_of(items, request, frozenset(EXECUTION_COLUMNS), default_sort="-queued_at")
+
+    async def sql(self, org: str, body: bytes) -> dict[str, Any]:
+        request = codec.decode_request(body, SqlRequest)
+        try:
+            return await asyncio.to_thread(self._query, org, request.sql, request.params)
+        except sql.Refused as err:
+            raise BadRequest(str(err)) from None
+
+    # ---- database work (in worker threads) ---------------------------------------
+
+    def _read(self, query: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        cursor = self.history.cursor()
+        try:
+            return cursor.execute(query, params).fetchall()
+        finally:
+            cursor.close()
+
+    def _known_batch(self, org: str, batch_id: str) -> bool:
+        rows = self._read("SELECT 1 FROM bd_history.batches WHERE org = ? AND id = ? LIMIT 1", [org, batch_id])
+        return bool(rows)
+
+    def _query(self, org: str, text: str, params: list[Any]) -> dict[str, Any]:
+        cursor = self.history.cursor()
+        try:
+            return sql.run(cursor, org, text, params)
+        finally:
+            cursor.close()
+
+    async def _retain_forever(self) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.history.remove_older_than, self.retain_days)
+                if any(removed.values()):
+                    log.info("retention (%g days): removed %s", self.retain_days, removed)
+            except duckdb.Error as err:
+                log.warning("retention failed: %s", err)
+            await asyncio.sleep(RETENTION_INTERVAL)
+
