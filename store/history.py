@@ -149,7 +149,8 @@ class History:
         final = [r for r in rows if r.get("runner_id") and r.get("finished_at")]
         for row in final:
             cursor.execute(
-                "INSERT INTO bd_history.runners (org, id, first_seen, last_seen, executions) VALUES (?, ?, ?, ?, 1) "
+                "INSERT INTO bd_history.runners (org, id, first_seen, last_seen, executions) "
+                "VALUES (?, ?, TRY_CAST(? AS TIMESTAMPTZ), TRY_CAST(? AS TIMESTAMPTZ), 1) "
                 "ON CONFLICT (org, id) DO UPDATE SET last_seen = greatest(runners.last_seen, excluded.last_seen), "
                 "executions = runners.executions + 1",
                 [row["org"], row["runner_id"], row.get("started_at") or row["finished_at"], row["finished_at"]],
@@ -226,7 +227,7 @@ def _duration(action: dict[str, Any]) -> int | None:
         return None
     try:
         delta = datetime.fromisoformat(end.replace("Z", "+00:00")) - datetime.fromisoformat(start.replace("Z", "+00:00"))
-    except ValueError:
+    except (ValueError, TypeError):  # not RFC 3339 (no offset on one side)
         return None
     return int(delta.total_seconds() * 1000)
 

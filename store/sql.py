@@ -50,34 +50,41 @@ def check(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
     tree = json.loads(conn.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
     if tree.get("error"):
         raise Refused(f"not a plain SELECT: {tree.get('error_message')}")
-    ctes: set[str] = set()
-    tables: list[dict[str, Any]] = []
-    _walk(tree, ctes, tables)
-    for table in tables:
-        if table["type"] == "TABLE_FUNCTION":
-            name = (table.get("function") or {}).get("function_name", "?")
-            raise Refused(f"table functions such as {name}() are not allowed; query the tables of docs/sql.md")
-        qualified = [p for p in (table.get("catalog_name"), table.get("schema_name")) if p]
-        name = table.get("table_name", "")
-        if qualified:
-            raise Refused(f"write plain table names: {'.'.join([*qualified, name])} is not allowed")
-        if name.lower() not in ctes and name.lower() not in schema.QUERYABLE:
-            known = ", ".join(sorted(schema.QUERYABLE))
-            raise Refused(f"unknown table {name!r}; the tables and views are: {known}")
+    _walk(tree, frozenset())
 
 
-def _walk(node: Any, ctes: set[str], tables: list[dict[str, Any]]) -> None:
-    if isinstance(node, dict):
-        if node.get("type") in ("BASE_TABLE", "TABLE_FUNCTION"):
-            tables.append(node)
-        cte_map = node.get("cte_map")
-        if isinstance(cte_map, dict):
-            ctes.update(entry["key"].lower() for entry in cte_map.get("map", []))
-        for value in node.values():
-            _walk(value, ctes, tables)
-    elif isinstance(node, list):
+def _walk(node: Any, ctes: frozenset[str]) -> None:
+    """Check every table reference, with the CTE names visible where it stands (a CTE
+    name counts only inside the query that defines it)."""
+    if isinstance(node, list):
         for value in node:
-            _walk(value, ctes, tables)
+            _walk(value, ctes)
+        return
+    if not isinstance(node, dict):
+        return
+    cte_map = node.get("cte_map")
+    if isinstance(cte_map, dict) and cte_map.get("map"):
+        ctes = ctes | {entry["key"].lower() for entry in cte_map["map"]}
+    kind = node.get("type")
+    if kind == "BASE_TABLE":
+        _check_table(node, ctes)
+    elif kind == "TABLE_FUNCTION":
+        name = (node.get("function") or {}).get("function_name", "?")
+        raise Refused(f"table functions such as {name}() are not allowed; query the tables of docs/sql.md")
+    elif kind == "SHOW_REF":
+        raise Refused("SHOW and DESCRIBE are not allowed; the tables and their columns are in docs/sql.md")
+    for value in node.values():
+        _walk(value, ctes)
+
+
+def _check_table(table: dict[str, Any], ctes: frozenset[str]) -> None:
+    qualified = [p for p in (table.get("catalog_name"), table.get("schema_name")) if p]
+    name = table.get("table_name", "")
+    if qualified:
+        raise Refused(f"write plain table names: {'.'.join([*qualified, name])} is not allowed")
+    if name.lower() not in ctes and name.lower() not in schema.QUERYABLE:
+        known = ", ".join(sorted(schema.QUERYABLE))
+        raise Refused(f"unknown table {name!r}; the tables and views are: {known}")
 
 
 def run(cursor: duckdb.DuckDBPyConnection, org: str, sql: str, params: list[Any] | None = None,
