@@ -23,6 +23,7 @@ from uuid import UUID
 
 import duckdb
 
+from broker.timestamps import to_iso
 from store import schema
 
 MAX_ROWS = 10_000
@@ -117,7 +118,9 @@ def plain(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        # As everywhere on the wire: RFC 3339 UTC with milliseconds (fixed width, so
+        # times also sort right as text).
+        return to_iso(value) if value.tzinfo is not None else value.isoformat(timespec="milliseconds")
     if isinstance(value, (date, time)):
         return value.isoformat()
     if isinstance(value, timedelta):

@@ -32,7 +32,8 @@ FINAL = ("succeeded", "failed", "timed_out", "lost", "canceled", "skipped")
 
 
 def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds, as on the wire and in history.sql replies."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse(text: str) -> datetime:
@@ -356,8 +357,8 @@ ALLOWED = [
     (("SELECT CAST(json_extract(result, '$.rows') AS INTEGER) + 1, json_extract_string(context, '$.env') "
       "FROM executions WHERE result IS NOT NULL"), [[43, "prod"]]),
     ("SELECT count(*) FROM executions WHERE json_extract_string(context, '$.env') = 'prod'", [[1]]),
-    ("SELECT lag_ms, fired_at FROM triggers", [[1000, "2024-05-01T20:00:01Z"]]),
-    ("SELECT queued_at FROM executions WHERE id = 'e2'", [["2024-05-01T23:30:00Z"]]),
+    ("SELECT lag_ms, fired_at FROM triggers", [[1000, "2024-05-01T20:00:01.000Z"]]),
+    ("SELECT queued_at FROM executions WHERE id = 'e2'", [["2024-05-01T23:30:00.000Z"]]),
 ]
 
 
@@ -479,9 +480,9 @@ def test_task_stats_counts_every_finished_action_of_a_task(known: History) -> No
                               "max_ms, last_status, last_finished_at FROM task_stats ORDER BY task_id")
     assert rows == [
         ["build", "build v2", 5, 3, 2, 0.6, pytest.approx(quantile_cont(build, 0.5)),
-         pytest.approx(quantile_cont(build, 0.95)), 5000, "timed_out", "2024-05-02T11:00:04Z"],
+         pytest.approx(quantile_cont(build, 0.95)), 5000, "timed_out", "2024-05-02T11:00:04.000Z"],
         ["test", "test", 3, 1, 1, 0.3333, pytest.approx(quantile_cont(test, 0.5)),
-         pytest.approx(quantile_cont(test, 0.95)), 3000, "canceled", "2024-05-02T12:00:00.500000Z"],
+         pytest.approx(quantile_cont(test, 0.95)), 3000, "canceled", "2024-05-02T12:00:00.500Z"],
     ]
     # The interpolation, worked out by hand.
     assert quantile_cont(build, 0.5) == 3000 and quantile_cont(build, 0.95) == pytest.approx(4800)
@@ -570,7 +571,7 @@ def test_a_failed_batch_commits_nothing(history: History) -> None:
 
 @pytest.mark.parametrize("kind", ["task", "batch"])
 def test_a_definitions_history_has_one_row_per_version_with_contiguous_validity(history: History, kind: str) -> None:
-    times = ["2024-05-01T08:00:00Z", "2024-05-02T09:30:00Z", "2024-05-03T10:45:00Z"]
+    times = ["2024-05-01T08:00:00.000Z", "2024-05-02T09:30:00.000Z", "2024-05-03T10:45:00.000Z"]
     changes = ["created", "updated", "deleted"]
     for seq, (change, ts) in enumerate(zip(changes, times), start=1):
         write(history, seq, definitions=[definition(ACME, kind, "d1", change, ts, name=f"v{seq}", version=seq)])
@@ -579,9 +580,9 @@ def test_a_definitions_history_has_one_row_per_version_with_contiguous_validity(
     table = "tasks" if kind == "task" else "batches"
     rows = query(history, ACME, f"SELECT change, name, version, valid_from, valid_to FROM {table} ORDER BY valid_from")
     assert rows == [
-        ["created", "v1", 1, "2024-05-01T08:00:00Z", "2024-05-02T09:30:00Z"],
-        ["updated", "v2", 2, "2024-05-02T09:30:00Z", "2024-05-03T10:45:00Z"],
-        ["deleted", "v3", 3, "2024-05-03T10:45:00Z", None],
+        ["created", "v1", 1, "2024-05-01T08:00:00.000Z", "2024-05-02T09:30:00.000Z"],
+        ["updated", "v2", 2, "2024-05-02T09:30:00.000Z", "2024-05-03T10:45:00.000Z"],
+        ["deleted", "v3", 3, "2024-05-03T10:45:00.000Z", None],
     ]
     # The other org's definition with the same id is untouched.
     assert query(history, GLOBEX, f"SELECT change, valid_to FROM {table}") == [["created", None]]
@@ -648,8 +649,8 @@ def test_times_that_are_not_rfc3339_become_null(history: History) -> None:
     assert history.committed_seq() == 1
     assert query(history, ACME, "SELECT queued_at, started_at, finished_at FROM executions") == [[None, None, None]]
     assert query(history, ACME, "SELECT started_at, finished_at, duration_ms FROM execution_actions") == [
-        [None, "2024-05-01T08:00:01Z", None]]
-    assert query(history, ACME, "SELECT ts FROM logs ORDER BY idx") == [[None], ["2024-05-01T08:00:01Z"]]
+        [None, "2024-05-01T08:00:01.000Z", None]]
+    assert query(history, ACME, "SELECT ts FROM logs ORDER BY idx") == [[None], ["2024-05-01T08:00:01.000Z"]]
     assert query(history, ACME, "SELECT scheduled_at, fired_at FROM triggers") == [[None, None]]
     assert query(history, ACME, "SELECT valid_from, change FROM tasks") == [[None, "created"]]
 

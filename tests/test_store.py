@@ -1,0 +1,658 @@
+"""The store against real parts: a nats-server of the test's own, the broker, runners
+executing real processes, a DuckDB file in tmp_path, and `batchdeck store` / `batchdeck
+sql` / `batchdeck logs` as real subprocesses.
+
+The ingest is one durable consumer (`store_history`) per NATS server, so every test here
+gets a server of its own (never the session's): two stores on one server would share it.
+The store ingests asynchronously: tests poll the history API with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+import pytest_asyncio
+from expectations import expect_error, parse_time
+
+from broker.client import ApiClient
+from broker.errors import ApiError
+from broker.server import EmbeddedServer
+from broker.service import ControlPlane
+from broker.timestamps import parse_iso, to_iso
+from runner.service import RunnerService
+from store.service import StoreService
+
+ACME = "acme"
+GLOBEX = "globex"
+NEVER_SOON = "0 0 1 1 *"
+FINAL = frozenset({"succeeded", "failed", "canceled", "timed_out", "lost", "skipped"})
+BATCHDECK = [sys.executable, "-m", "batchdeck"]
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+
+async def wait_until(probe: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.1,
+                     what: str = "the condition") -> Any:
+    """Await `probe()` until it returns something truthy and return that; fail the test
+    with the last value seen (or the last error) when `timeout` seconds pass. An
+    ApiError counts as "not yet" (a store that is (re)starting answers no one)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        try:
+            last = await probe()
+        except ApiError as err:
+            last = err
+        else:
+            if last:
+                return last
+        if loop.time() > deadline:
+            pytest.fail(f"{what} not reached within {timeout:g} s; last seen: {last!r:.2000}")
+        await asyncio.sleep(interval)
+
+
+def sh(script: str) -> list[str]:
+    return ["/bin/sh", "-c", script]
+
+
+def at(text: str | None) -> datetime | None:
+    """A time from a reply, whatever its fraction digits (None stays None)."""
+    return None if text is None else parse_iso(text)
+
+
+class Stack:
+    """A nats-server, a broker and an API client of the test's own; a store (in
+    process) and runners started on demand, each on a connection of its own."""
+
+    def __init__(self, server: EmbeddedServer, nc: Any, db: Path) -> None:
+        self.server = server
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.db = db
+        self.store: StoreService | None = None
+        self._store_nc: Any = None
+        self._runners: list[tuple[RunnerService, Any]] = []
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def api(self, org: str = ACME) -> ApiClient:
+        return ApiClient(self.nc, org)
+
+    async def start_store(self) -> StoreService:
+        self._store_nc = await nats.connect(self.url, name="test-store")
+        self.store = StoreService(self._store_nc, self.db)
+        await self.store.start()
+        return self.store
+
+    async def stop_store(self) -> None:
+        if self.store is not None:
+            await self.store.stop()
+            await self._store_nc.close()
+            self.store = self._store_nc = None
+
+    async def runner(self, org: str = ACME) -> RunnerService:
+        client = await nats.connect(self.url, name=f"test-runner-{org}")
+        runner = RunnerService(client, org=org, concurrency=4, ack_wait=3.0, grace=1.0, drain_timeout=1.0)
+        await runner.start()
+        self._runners.append((runner, client))
+        return runner
+
+    async def close(self) -> None:
+        for runner, client in self._runners:
+            with contextlib.suppress(Exception):
+                await runner.stop()
+            await client.close()
+        await self.stop_store()
+
+    async def sql(self, text: str, params: list[Any] | None = None, org: str = ACME) -> list[dict[str, Any]]:
+        """`history.sql` rows as dicts."""
+        reply = await self.api(org).call("history", "sql", {"sql": text, "params": params or []})
+        return [dict(zip(reply["columns"], row, strict=True)) for row in reply["rows"]]
+
+    async def task(self, org: str = ACME, **fields: Any) -> dict[str, Any]:
+        return await self.api(org).call("task", "create", {"name": "job", "command": ["true"], **fields})
+
+    async def run(self, task_id: str, org: str = ACME, **body: Any) -> dict[str, Any]:
+        """Start a task and wait (exec.get) until its execution is final."""
+        started = await self.api(org).call("task", "start", {"id": task_id, **body})
+        return await self.final(started["execution_id"], org)
+
+    async def final(self, execution_id: str, org: str = ACME, timeout: float = 20.0) -> dict[str, Any]:
+        async def probe() -> dict[str, Any] | None:
+            execution = await self.api(org).call("exec", "get", {"id": execution_id})
+            return execution if execution["status"] in FINAL else None
+
+        return await wait_until(probe, timeout, 0.05, f"execution {execution_id} final")
+
+    async def stored(self, execution_id: str, org: str = ACME, timeout: float = 15.0) -> dict[str, Any]:
+        """The execution's history row once the store holds its final state."""
+        async def probe() -> dict[str, Any] | None:
+            rows = await self.sql("SELECT * FROM executions WHERE id = ? AND status IN "
+                                  "('succeeded', 'failed', 'canceled', 'timed_out', 'lost', 'skipped')",
+                                  [execution_id], org)
+            return rows[0] if rows else None
+
+        return await wait_until(probe, timeout, 0.1, f"execution {execution_id} final in the store")
+
+    async def publish_lines(self, org: str, execution_id: str, count: int, chunk: int = 1000) -> None:
+        """`count` log lines (idx 1..count) published straight to BD_EVENTS, as a runner
+        does: one Nats-Msg-Id per line, acks awaited a chunk at a time."""
+        subject = f"bd.{org}.evt.exec.{execution_id}.log"
+        for start in range(1, count + 1, chunk):
+            futures = []
+            for idx in range(start, min(start + chunk, count + 1)):
+                line = {"idx": idx, "ts": to_iso(datetime.now(UTC)), "level": "info", "stream": "stdout",
+                        "action_index": 0, "msg": f"line {idx}", "execution_id": execution_id}
+                futures.append(await self.js.publish_async(subject, json.dumps(line).encode(),
+                                                           headers={"Nats-Msg-Id": f"{execution_id}.log.{idx}"}))
+            await asyncio.gather(*futures)
+
+
+@contextlib.asynccontextmanager
+async def _stack(tmp_path: Path, with_store: bool) -> AsyncIterator[Stack]:
+    server = EmbeddedServer(tmp_path / "nats")
+    await server.astart()
+    nc = await nats.connect(server.url, name="test-client")
+    plane = ControlPlane(nc, nc.jetstream())
+    await plane.start()
+    stack = Stack(server, nc, tmp_path / "h.duckdb")
+    try:
+        if with_store:
+            await stack.start_store()
+        yield stack
+    finally:
+        await stack.close()
+        await plane.stop()
+        await nc.close()
+        await server.astop()
+
+
+@pytest_asyncio.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Server, broker and an in-process store on tmp_path/h.duckdb."""
+    async with _stack(tmp_path, with_store=True) as built:
+        yield built
+
+
+@pytest_asyncio.fixture
+async def bare_stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Server and broker; no store (the test runs `batchdeck store` itself)."""
+    async with _stack(tmp_path, with_store=False) as built:
+        yield built
+
+
+async def batchdeck(stack: Stack, *args: str, org: str = ACME, timeout: float = 60.0) -> tuple[int, str, str]:
+    """Run the `batchdeck` command against the stack; (exit code, stdout, stderr)."""
+    env = {**os.environ, "BATCHDECK_NATS_URL": stack.url, "BATCHDECK_ORG": org, "COLUMNS": "200"}
+    process = await asyncio.create_subprocess_exec(
+        *BATCHDECK, *args, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"batchdeck {' '.join(args)} did not exit within {timeout:g} s")
+    return process.returncode, out.decode(), err.decode()
+
+
+async def spawn_store(url: str, db: Path, log: Path) -> asyncio.subprocess.Process:
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(
+            *BATCHDECK, "store", "--nats", url, "--db", str(db), stdin=asyncio.subprocess.DEVNULL,
+            stdout=sink, stderr=sink,
+        )
+
+
+# ---- ingest of real runs ------------------------------------------------------------
+
+CHATTY = sh('echo "step 1"; echo "oops 1" >&2; echo "step 2"; echo "error: disk full"; '
+            'echo "oops 2" >&2; echo "step 3"')
+
+
+async def test_a_run_is_in_history_with_its_status_actions_every_log_line_and_its_runner(stack):
+    runner = await stack.runner()
+    task = await stack.task(name="chatty", command=CHATTY)
+    execution = await stack.run(task["id"])
+    assert execution["status"] == "succeeded", execution
+
+    row = await stack.stored(execution["id"])
+    assert row["status"] == "succeeded"
+    assert (row["task_id"], row["source"], row["runner_id"], row["attempt"]) == (task["id"], "manual", runner.id, 1)
+    assert row["duration_ms"] == execution["duration_ms"] and row["duration_ms"] >= 0
+    for name in ("queued_at", "started_at", "finished_at"):
+        assert at(row[name]) == parse_time(execution[name]), name
+
+    actions = await stack.sql("SELECT * FROM execution_actions WHERE execution_id = ?", [execution["id"]])
+    assert len(actions) == 1, actions
+    action = actions[0]
+    assert (action["action_index"], action["task_id"], action["status"], action["exit_code"]) == \
+        (0, task["id"], "succeeded", 0)
+    assert action["duration_ms"] is not None and 0 <= action["duration_ms"] <= row["duration_ms"]
+
+    lines = await stack.sql("SELECT idx, level, stream, action_index, msg FROM logs WHERE execution_id = ? "
+                            "ORDER BY idx", [execution["id"]])
+    assert [line["idx"] for line in lines] == list(range(1, 7)), lines
+    assert {line["action_index"] for line in lines} == {0}
+    # stdout and stderr are read side by side: each keeps its own order
+    assert [(line["msg"], line["level"]) for line in lines if line["stream"] == "stdout"] == [
+        ("step 1", "info"), ("step 2", "info"), ("error: disk full", "error"), ("step 3", "info")]
+    assert [(line["msg"], line["level"]) for line in lines if line["stream"] == "stderr"] == [
+        ("oops 1", "warning"), ("oops 2", "warning")]
+
+    runners = await stack.sql("SELECT id, executions, first_seen, last_seen FROM runners")
+    assert [(r["id"], r["executions"]) for r in runners] == [(runner.id, 1)], runners
+    assert at(runners[0]["first_seen"]) == parse_time(execution["started_at"])
+    assert at(runners[0]["last_seen"]) == parse_time(execution["finished_at"])
+
+
+async def test_triggers_and_every_definition_version_are_in_history(stack):
+    api = stack.api()
+    task = await stack.task(name="step")
+    batch = await api.call("batch", "create", {
+        "name": "nightly", "cron_expression": NEVER_SOON, "is_enabled": True, "run_on_startup": False,
+        "concurrency": "allow", "actions": [{"task_id": task["id"]}],
+    })
+    manual = await api.call("batch", "start", {"id": batch["id"]})
+
+    # A cron tick as a scheduler replica publishes it to BD_TRIGGERS, fired 2 s late.
+    scheduled = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=3)
+    tick = {"trigger_id": f"tick{uuid.uuid4().hex[:12]}", "batch_id": batch["id"], "source": "cron",
+            "scheduled_at": to_iso(scheduled), "fired_at": to_iso(scheduled + timedelta(milliseconds=2000))}
+    await stack.js.publish(f"bd.{ACME}.trigger.{batch['id']}", json.dumps(tick).encode(),
+                           headers={"Nats-Msg-Id": f"{ACME}.{batch['id']}@{tick['scheduled_at']}"})
+
+    await api.call("task", "update", {"id": task["id"], "name": "step two"})
+    await api.call("batch", "update", {"id": batch["id"], "description": "now documented"})
+
+    async def caught_up() -> bool:
+        counts = (await stack.sql("SELECT (SELECT count(*) FROM triggers) AS triggers, "
+                                  "(SELECT count(*) FROM tasks) AS tasks, (SELECT count(*) FROM batches) AS batches"))[0]
+        return counts == {"triggers": 2, "tasks": 2, "batches": 2}
+
+    await wait_until(caught_up, what="2 triggers, 2 task versions, 2 batch versions")
+
+    triggers = {t["source"]: t for t in await stack.sql("SELECT * FROM triggers")}
+    by_hand = triggers["manual"]
+    assert (by_hand["trigger_id"], by_hand["batch_id"], by_hand["execution_id"], by_hand["status"]) == \
+        (manual["trigger_id"], batch["id"], manual["execution_id"], "queued")
+    assert by_hand["scheduled_at"] is None and by_hand["fired_at"] is not None
+    assert by_hand["lag_ms"] is None  # nothing was scheduled: no lag
+    cron = triggers["cron"]
+    assert (cron["trigger_id"], cron["batch_id"], cron["status"]) == (tick["trigger_id"], batch["id"], "queued")
+    assert at(cron["scheduled_at"]) == parse_time(tick["scheduled_at"])
+    assert at(cron["fired_at"]) == parse_time(tick["fired_at"])
+    assert cron["lag_ms"] == 2000
+    executions = await stack.sql("SELECT id, source, trigger_id FROM executions WHERE batch_id = ?", [batch["id"]])
+    assert {(e["id"], e["source"], e["trigger_id"]) for e in executions} == {
+        (manual["execution_id"], "manual", manual["trigger_id"]), (cron["execution_id"], "cron", tick["trigger_id"])}
+
+    tasks = await stack.sql("SELECT * FROM tasks WHERE id = ? ORDER BY version", [task["id"]])
+    assert [(t["version"], t["name"], t["change"]) for t in tasks] == [(1, "step", "created"), (2, "step two", "updated")]
+    assert json.loads(tasks[1]["command"]) == ["true"]
+    assert tasks[0]["valid_to"] is not None and tasks[0]["valid_to"] == tasks[1]["valid_from"]
+    assert at(tasks[0]["valid_from"]) <= at(tasks[0]["valid_to"])
+    assert tasks[1]["valid_to"] is None
+
+    batches = await stack.sql("SELECT * FROM batches WHERE id = ? ORDER BY version", [batch["id"]])
+    assert [(b["version"], b["change"], b["cron_expression"], b["is_enabled"]) for b in batches] == [
+        (1, "created", NEVER_SOON, True), (2, "updated", NEVER_SOON, True)]
+    assert json.loads(batches[1]["definition"])["description"] == "now documented"
+    assert batches[0]["valid_to"] is not None and batches[0]["valid_to"] == batches[1]["valid_from"]
+    assert batches[1]["valid_to"] is None
+
+
+async def test_an_untraced_run_leaves_no_rows(stack):
+    await stack.runner()
+    hidden_task = await stack.task(name="hidden", command=sh("echo secret 1; echo secret 2"), trace=False)
+    hidden = await stack.run(hidden_task["id"])
+    assert hidden["status"] == "succeeded"
+
+    # Its events are on the stream, marked; wait for its final one before the next run.
+    async def final_event() -> Any:
+        msg = await stack.js.get_last_msg("BD_EVENTS", f"bd.{ACME}.evt.exec.{hidden['id']}.state")
+        return msg if json.loads(msg.data)["status"] == "succeeded" else None
+
+    msg = await wait_until(final_event, what="the untraced run's final state event")
+    assert (msg.headers or {}).get("Bd-Trace") == "false"
+
+    # A traced run after it: once the store holds it, the store has read past the other.
+    shown_task = await stack.task(name="shown", command=sh("echo visible"))
+    shown = await stack.run(shown_task["id"])
+    await stack.stored(shown["id"])
+
+    for table, column in (("executions", "id"), ("execution_actions", "execution_id"), ("logs", "execution_id")):
+        rows = await stack.sql(f"SELECT count(*) AS n FROM {table} WHERE {column} = ?", [hidden["id"]])
+        assert rows == [{"n": 0}], table
+    assert await stack.sql("SELECT count(*) AS n FROM logs WHERE msg LIKE 'secret%'") == [{"n": 0}]
+    assert await stack.sql("SELECT msg FROM logs") == [{"msg": "visible"}]
+    assert (await stack.api().call("exec", "logs", {"id": hidden["id"]}))["items"] == []
+    assert [r["executions"] for r in await stack.sql("SELECT executions FROM runners")] == [1]
+
+
+# ---- exactly once across restarts ---------------------------------------------------
+
+COUNTS = ("SELECT (SELECT count(*) FROM executions) AS executions, (SELECT count(*) FROM logs) AS logs, "
+          "(SELECT count(*) FROM execution_actions) AS actions, (SELECT count(*) FROM tasks) AS tasks, "
+          "(SELECT coalesce(sum(executions), 0) FROM runners) AS runner_runs")
+
+
+async def test_a_restarted_store_keeps_each_row_once_and_ingests_what_came_meanwhile(stack):
+    await stack.runner()
+    task = await stack.task(name="three", command=sh("echo a; echo b; echo c"))
+    first = await stack.run(task["id"])
+    await stack.stored(first["id"])
+    before = (await stack.sql(COUNTS))[0]
+    assert before == {"executions": 1, "logs": 3, "actions": 1, "tasks": 1, "runner_runs": 1}
+
+    # Restart with nothing new: every row is still there once.
+    await stack.stop_store()
+    await stack.start_store()
+    await asyncio.sleep(1.5)  # more than one fetch round of the new ingest
+    assert (await stack.sql(COUNTS))[0] == before
+
+    # Runs while the store is down are ingested when it is back.
+    await stack.stop_store()
+    second = await stack.run(task["id"])
+    third = await stack.run(task["id"])
+    await stack.start_store()
+    await stack.stored(third["id"])
+    await stack.stored(second["id"])
+    assert (await stack.sql(COUNTS))[0] == {"executions": 3, "logs": 9, "actions": 3, "tasks": 1, "runner_runs": 3}
+
+    # ... and what comes after the restart too.
+    fourth = await stack.run(task["id"])
+    await stack.stored(fourth["id"])
+    assert (await stack.sql(COUNTS))[0] == {"executions": 4, "logs": 12, "actions": 4, "tasks": 1, "runner_runs": 4}
+    per_run = await stack.sql("SELECT execution_id, count(*) AS n, count(DISTINCT idx) AS distinct_idx, "
+                              "min(idx) AS lo, max(idx) AS hi FROM logs GROUP BY execution_id")
+    assert len(per_run) == 4
+    assert all((r["n"], r["distinct_idx"], r["lo"], r["hi"]) == (3, 3, 1, 3) for r in per_run), per_run
+
+
+async def test_kill_9_in_the_middle_of_a_burst_loses_and_doubles_no_line(bare_stack, tmp_path):
+    stack = bare_stack
+    log = tmp_path / "store.log"
+    api = stack.api()
+    execution_id = f"burst-{uuid.uuid4().hex[:12]}"
+    count_sql = {"sql": "SELECT count(*), count(DISTINCT idx), min(idx), max(idx) FROM logs WHERE execution_id = ?",
+                 "params": [execution_id]}
+
+    async def stored_lines() -> int:
+        return (await api.call("history", "sql", count_sql))["rows"][0][0]
+
+    store = await spawn_store(stack.url, stack.db, log)
+    burst: asyncio.Task[None] | None = None
+    try:
+        await wait_until(lambda: api.call("history", "sql", {"sql": "SELECT 1"}), 20, what="the store serving")
+        burst = asyncio.create_task(stack.publish_lines(ACME, execution_id, 20_000))
+        await wait_until(stored_lines, 20, 0.02, "some of the burst stored")
+        at_kill = await stored_lines()
+        store.send_signal(signal.SIGKILL)
+        assert await store.wait() == -signal.SIGKILL
+        await burst
+        assert 0 < at_kill < 20_000, "the store was not killed in the middle of the burst"
+
+        store = await spawn_store(stack.url, stack.db, log)
+
+        async def complete() -> list[Any] | None:
+            row = (await api.call("history", "sql", count_sql))["rows"][0]
+            return row if row[0] >= 20_000 else None
+
+        await wait_until(complete, 40, 0.2, "all 20000 lines stored after the restart")
+        await asyncio.sleep(1.0)  # nothing more arrives later either
+        assert (await api.call("history", "sql", count_sql))["rows"] == [[20_000, 20_000, 1, 20_000]]
+    finally:
+        if burst is not None and not burst.done():
+            burst.cancel()
+        if store.returncode is None:
+            store.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(store.wait(), 15)
+            except TimeoutError:
+                store.kill()
+                await store.wait()
+    assert store.returncode == 0, log.read_text()[-3000:]
+
+
+# ---- exec.logs and batch.results ----------------------------------------------------
+
+
+async def test_exec_logs_pages_by_offset_orders_and_filters_by_time(stack):
+    await stack.runner()
+    script = 'for i in $(seq 1 15); do echo "line $i"; done; sleep 0.4; for i in $(seq 16 30); do echo "line $i"; done'
+    task = await stack.task(name="thirty", command=sh(script))
+    execution = await stack.run(task["id"])
+    await stack.stored(execution["id"])
+    api = stack.api()
+
+    async def logs(**body: Any) -> list[dict[str, Any]]:
+        return (await api.call("exec", "logs", {"id": execution["id"], **body}))["items"]
+
+    every = await logs()
+    assert [line["idx"] for line in every] == list(range(1, 31))
+    assert [line["msg"] for line in every] == [f"line {i}" for i in range(1, 31)]
+    assert all(line["execution_id"] == execution["id"] and line["stream"] == "stdout" for line in every)
+
+    assert [line["idx"] for line in await logs(offset=10, limit=5)] == [11, 12, 13, 14, 15]
+    assert [line["idx"] for line in await logs(order="desc", limit=3)] == [30, 29, 28]
+    assert [line["idx"] for line in await logs(offset=27, order="desc")] == [30, 29, 28]
+    assert await logs(offset=30) == []
+
+    since = every[15]["ts"]  # line 16, printed 0.4 s after line 15
+    assert [line["idx"] for line in await logs(since=since)] == list(range(16, 31))
+    assert [line["idx"] for line in await logs(since=since, order="desc", limit=2)] == [30, 29]
+    later = to_iso(datetime.now(UTC) + timedelta(hours=1))
+    assert await logs(since=later) == []
+
+    await expect_error(400, logs(limit=10_001))
+    await expect_error(400, logs(limit=0))
+    await expect_error(400, logs(since="yesterday"))
+    assert (await api.call("exec", "logs", {"id": "no-such-execution"}))["items"] == []
+
+
+async def test_batch_results_pages_the_batchs_runs_newest_first(stack):
+    await stack.runner()
+    api = stack.api()
+    task = await stack.task(name="exit", command=sh("exit {{ code }}"))
+    batch = await api.call("batch", "create", {
+        "name": "sometimes", "cron_expression": NEVER_SOON, "is_enabled": False, "run_on_startup": False,
+        "actions": [{"task_id": task["id"]}],
+    })
+
+    # Known to the store before it ever ran: an empty page, not 404.
+    async def known() -> Any:
+        return await api.call("batch", "results", {"id": batch["id"]})
+
+    empty = await wait_until(known, what="the batch in the store")
+    assert (empty["items"], empty["total"]) == ([], 0)
+
+    failed_id = (await api.call("batch", "start", {"id": batch["id"], "context": {"code": 3}}))["execution_id"]
+    assert (await stack.final(failed_id))["status"] == "failed"
+    ok_id = (await api.call("batch", "start", {"id": batch["id"], "context": {"code": 0}}))["execution_id"]
+    assert (await stack.final(ok_id))["status"] == "succeeded"
+    await stack.stored(failed_id)
+    await stack.stored(ok_id)
+
+    page = await api.call("batch", "results", {"id": batch["id"]})
+    assert [item["id"] for item in page["items"]] == [ok_id, failed_id]
+    assert (page["total"], page["page"]) == (2, 1)
+    newest, oldest = page["items"]
+    assert (newest["status"], newest["batch_id"], newest["context"]) == ("succeeded", batch["id"], {"code": 0})
+    assert (oldest["status"], oldest["context"]) == ("failed", {"code": 3})
+
+    failures = await api.call("batch", "results", {"id": batch["id"], "filter": {"status": "failed"}})
+    assert [item["id"] for item in failures["items"]] == [failed_id] and failures["total"] == 1
+    second_page = await api.call("batch", "results", {"id": batch["id"], "per_page": 1, "page": 2})
+    assert [item["id"] for item in second_page["items"]] == [failed_id]
+    oldest_first = await api.call("batch", "results", {"id": batch["id"], "sort": "queued_at"})
+    assert [item["id"] for item in oldest_first["items"]] == [failed_id, ok_id]
+
+    await expect_error(404, api.call("batch", "results", {"id": "no-such-batch"}))
+    await expect_error(400, api.call("batch", "results", {"id": batch["id"], "filter": {"nope": 1}}))
+
+
+async def test_batch_results_orders_runs_of_one_second_by_time(stack):
+    """Newest first by `queued_at`, also between runs queued within the same second, one
+    of them on the whole second. The states are published as the broker publishes them,
+    with chosen times (a real run lands on a whole second once in a thousand)."""
+    batch_id = "tight"
+    queued = {"on-the-second": "2026-11-20T02:00:00.000Z", "half-past": "2026-11-20T02:00:00.500Z",
+              "next-second": "2026-11-20T02:00:01.250Z"}
+    for execution_id, queued_at in queued.items():
+        state = {"id": execution_id, "org": ACME, "batch_id": batch_id, "name": "tight", "status": "succeeded",
+                 "queued_at": queued_at, "started_at": queued_at, "finished_at": queued_at, "duration_ms": 0,
+                 "version": 3}
+        await stack.js.publish(f"bd.{ACME}.evt.exec.{execution_id}.state", json.dumps(state).encode())
+    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
+
+    api = stack.api()
+    newest_first = await api.call("batch", "results", {"id": batch_id})
+    assert [item["id"] for item in newest_first["items"]] == ["next-second", "half-past", "on-the-second"], \
+        [(item["id"], item["queued_at"]) for item in newest_first["items"]]
+    oldest_first = await api.call("batch", "results", {"id": batch_id, "sort": "queued_at"})
+    assert [item["id"] for item in oldest_first["items"]] == ["on-the-second", "half-past", "next-second"]
+    by_end = await api.call("batch", "results", {"id": batch_id, "sort": "-finished_at"})
+    assert [item["id"] for item in by_end["items"]] == ["next-second", "half-past", "on-the-second"]
+
+
+# ---- history.sql --------------------------------------------------------------------
+
+REFUSED = {
+    "SELECT * FROM bd_history.logs": "plain table names",
+    "SELECT * FROM read_csv('/etc/passwd')": "table functions",
+    "SELECT * FROM '/etc/passwd'": "unknown table",
+    "COPY logs TO '/tmp/batchdeck-leak.csv'": "only SELECT",
+    "ATTACH '/tmp/batchdeck-other.duckdb' AS other": "only SELECT",
+    "DELETE FROM logs": "only SELECT",
+    "SELECT 1; SELECT 2": "exactly one statement",
+    "SELECT * FROM ingest_state": "unknown table",
+    "SELECT * FROM logs WHERE execution_id IN (SELECT execution_id FROM bd_history.logs)": "plain table names",
+}
+
+
+async def test_history_sql_shows_each_org_only_its_own_rows_and_refuses_what_is_not_a_select(stack):
+    runs = {}
+    for org in (ACME, GLOBEX):
+        await stack.runner(org)
+        task = await stack.task(org, name=f"count-{org}", command=sh(f'for i in $(seq 1 101); do echo "{org} $i"; done'))
+        runs[org] = await stack.run(task["id"], org)
+    for org, execution in runs.items():
+        await stack.stored(execution["id"], org)
+
+    for org, other in ((ACME, GLOBEX), (GLOBEX, ACME)):
+        async def values(text: str, params: list[Any] | None = None, org: str = org) -> list[list[Any]]:
+            return [list(r.values()) for r in await stack.sql(text, params, org)]
+
+        assert await values("SELECT DISTINCT org FROM executions") == [[org]]
+        assert await values("SELECT count(*) FROM logs") == [[101]]
+        assert await values("SELECT count(*) FROM logs WHERE org = ?", [other]) == [[0]]
+        assert await values(f"SELECT count(*) FROM logs WHERE org = '{other}'") == [[0]]
+        assert await values("SELECT count(*) FROM logs WHERE execution_id = ?", [runs[other]["id"]]) == [[0]]
+        assert await values("SELECT count(*) FROM executions WHERE id = ?", [runs[other]["id"]]) == [[0]]
+        union = ("SELECT org FROM executions UNION SELECT org FROM logs UNION SELECT org FROM tasks "
+                 "UNION SELECT org FROM runners UNION SELECT org FROM execution_actions")
+        assert await values(union) == [[org]]
+        assert await values(f"SELECT count(*) FROM logs WHERE execution_id IN "
+                            f"(SELECT id FROM executions WHERE org = '{other}')") == [[0]]
+        assert await values("WITH everything AS (SELECT * FROM logs) SELECT DISTINCT org FROM everything") == [[org]]
+        assert await values("SELECT org, runs FROM task_stats") == [[org, 1]]
+        assert await values("SELECT org, runs FROM daily_runs") == [[org, 1]]
+        assert await values("SELECT count(*) FROM logs WHERE msg LIKE ?", [f"{other}%"]) == [[0]]
+
+    api = stack.api()
+    for text, reason in REFUSED.items():
+        error = await expect_error(400, api.call("history", "sql", {"sql": text}))
+        assert reason in error.message, (text, error.message)
+    assert not Path("/tmp/batchdeck-leak.csv").exists()
+    # Refusals leave the store serving.
+    assert await stack.sql("SELECT count(*) AS n FROM logs") == [{"n": 101}]
+
+    # Every row of a join counts against the limit: 101 x 101 lines is over 10 000.
+    error = await expect_error(400, api.call("history", "sql", {"sql": "SELECT a.idx, b.idx FROM logs a, logs b"}))
+    assert "LIMIT" in error.message
+    limited = await api.call("history", "sql", {"sql": "SELECT a.idx, b.idx FROM logs a, logs b LIMIT 10000"})
+    assert len(limited["rows"]) == 10_000
+
+
+# ---- the CLI ------------------------------------------------------------------------
+
+LOG_LINE = re.compile(r"^\s*(\d+) +(?:\S+ ago|in \S+) (.*)$")
+
+
+def printed_lines(stdout: str) -> list[tuple[int, str]]:
+    """(idx, msg) of each line `batchdeck logs` printed."""
+    lines = []
+    for text in stdout.splitlines():
+        match = LOG_LINE.match(text)
+        assert match, f"not a log line: {text!r}"
+        lines.append((int(match.group(1)), match.group(2)))
+    return lines
+
+
+async def test_batchdeck_sql_prints_a_table_json_or_csv_and_fails_on_a_refused_query(stack):
+    await stack.runner()
+    task = await stack.task(name="greek", command=sh("echo alpha; echo beta; echo gamma"))
+    execution = await stack.run(task["id"])
+    await stack.stored(execution["id"])
+    query = f"SELECT idx, msg FROM logs WHERE execution_id = '{execution['id']}' ORDER BY idx"
+
+    code, out, err = await batchdeck(stack, "sql", query)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines() if line.strip()]
+    assert rows[0] == ["idx", "msg"]
+    assert rows[1:4] == [["1", "alpha"], ["2", "beta"], ["3", "gamma"]]
+    assert rows[4] == ["3", "rows"]
+
+    code, out, err = await batchdeck(stack, "sql", "--json", query)
+    assert code == 0, err
+    assert json.loads(out) == {"columns": ["idx", "msg"], "rows": [[1, "alpha"], [2, "beta"], [3, "gamma"]]}
+
+    code, out, err = await batchdeck(stack, "sql", "--csv", query)
+    assert code == 0, err
+    assert list(csv.reader(io.StringIO(out))) == [["idx", "msg"], ["1", "alpha"], ["2", "beta"], ["3", "gamma"]]
+
+    code, out, err = await batchdeck(stack, "sql", "DELETE FROM logs")
+    assert code == 1 and out == ""
+    assert "error 400" in err and "only SELECT" in err, err
+    code, out, err = await batchdeck(stack, "sql", "SELECT * FROM read_csv('/etc/passwd')")
+    assert code == 1 and "error 400" in err and "table functions" in err, err
+
+
+async def test_batchdeck_logs_prints_each_line_once_and_follows_a_run_until_it_ends(stack):
+    await stack.runner()
+    task = await stack.task(name="greek", command=sh("echo alpha; echo beta; echo gamma"))
+    done = await stack.run(task["id"])
+    await stack.stored(done["id"])
+    code, out, err = await batchdeck(stack, "logs", done["id"])
+    assert code == 0, err
+    assert printed_lines(out) == [(1, "alpha"), (2, "beta"), (3, "gamma")]
+
+    ticking = await stack.task(name="ticking", command=sh('for i in $(seq 1 10); do echo "tick $i"; sleep 0.2; done'))
+    running_id = (await stack.api().call("task", "start", {"id": ticking["id"]}))["execution_id"]
+    assert (await stack.api().call("exec", "get", {"id": running_id}))["status"] in ("queued", "running")
+    code, out, err = await batchdeck(stack, "logs", running_id, "-f", timeout=30)
+    assert code == 0, err
+    assert printed_lines(out) == [(i, f"tick {i}") for i in range(1, 11)]
+    # It returned because the run ended, not because the stream went quiet once.
+    assert (await stack.api().call("exec", "get", {"id": running_id}))["status"] == "succeeded"
