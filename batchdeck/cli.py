@@ -11,6 +11,8 @@ import re
 import sys
 from pathlib import Path
 
+import duckdb
+
 from broker import __version__
 from broker.client import ApiClient
 from broker.connect import ConnectOptions, connect
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_dispatch(args))
     except ApiError as err:
         output.errors.print(f"[red]error {err.code}:[/red] {err.message}", highlight=False)
+        return 1
+    except duckdb.IOException as err:  # the history file is held by another store, or unreadable
+        output.errors.print(f"[red]error:[/red] cannot open the history file: {err}", highlight=False)
         return 1
     except ServerError as err:
         output.errors.print(f"[red]error:[/red] {err}", highlight=False)

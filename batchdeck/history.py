@@ -22,7 +22,7 @@ from broker.client import ApiClient
 from broker.errors import Unavailable
 from broker.types import FINAL_STATUSES
 
-LOG_PAGE = 5000
+LOG_PAGE = 2000
 LEVEL_STYLES = {"error": "red", "warning": "yellow", "debug": "dim"}
 
 
@@ -61,10 +61,10 @@ async def run_logs(nc: Client, api: ApiClient, args: argparse.Namespace) -> None
         offset = 0
         while True:
             page = await api.call("exec", "logs", {"id": args.execution_id, "offset": offset, "limit": LOG_PAGE})
-            printer.print_all(page["items"])
-            if len(page["items"]) < LOG_PAGE:
+            if not page["items"]:
                 break
-            offset = page["items"][-1]["idx"]
+            printer.print_all(page["items"])
+            offset = page["items"][-1]["idx"]  # a page may hold fewer than asked (reply size)
     except Unavailable:
         pass  # no store running: the stream alone has what it still holds (7 days)
     await _from_stream(nc, api.org, args.execution_id, printer, args.follow)

@@ -14,6 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from broker import codec, subjects
 from broker.errors import ApiError, Timeout, Unavailable, from_code
 
+STORE_ENDPOINTS = frozenset({("exec", "logs"), ("batch", "results"), ("history", "sql")})
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
@@ -54,7 +55,8 @@ class ApiClient:
         try:
             reply = await self.nc.request(subject, data, timeout=timeout or self.timeout)
         except NoRespondersError:
-            raise Unavailable(f"no batchdeck service answers on {subject}: is the broker running?") from None
+            service = "store" if resource == "history" or (resource, verb) in STORE_ENDPOINTS else "broker"
+            raise Unavailable(f"no batchdeck service answers on {subject}: is the {service} running?") from None
         except (NatsTimeout, asyncio.TimeoutError):
             raise Timeout(f"no reply on {subject} within {timeout or self.timeout:g} s") from None
         error = reply_error(reply)

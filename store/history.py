@@ -76,7 +76,8 @@ class History:
         self._write_lock = threading.Lock()
 
     def close(self) -> None:
-        self.conn.close()
+        with self._write_lock:  # a write still running in its thread finishes first
+            self.conn.close()
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         cursor = self.conn.cursor()

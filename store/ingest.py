@@ -84,6 +84,11 @@ class Ingest:
 
     async def _reset_consumer(self, start: int) -> None:
         info = await self.js.stream_info(streams.EVENTS)
+        if start > info.state.last_seq + 1:
+            log.warning("%s ends at event %d but the history holds events up to %d: the stream was "
+                        "re-created; reading it from its start", streams.EVENTS, info.state.last_seq, start - 1)
+            self.committed = 0
+            start = info.state.first_seq
         if start < info.state.first_seq:
             if self.committed:
                 log.warning("events %d-%d expired from %s before the store read them", start,

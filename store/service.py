@@ -29,6 +29,9 @@ log = logging.getLogger("batchdeck.store")
 SERVICE_NAME = "batchdeck-store"
 RETENTION_INTERVAL = 3600.0
 MAX_LOG_LINES = 10_000
+REPLY_MARGIN = 64 * 1024
+LINE_OVERHEAD = 160
+"""Bytes of JSON around each line's text in an exec.logs reply (an upper bound)."""
 MAX_RESULTS = 10_000
 """Executions of one batch that `batch.results` pages through (newest first)."""
 
@@ -106,8 +109,14 @@ class StoreService:
         query += f" ORDER BY idx {request.order.upper()} LIMIT ?"
         params.append(request.limit)
         rows = await asyncio.to_thread(self._read, query, params)
-        items = [{"idx": r[0], "ts": sql.plain(r[1]), "level": r[2], "stream": r[3], "action_index": r[4],
-                  "msg": r[5], "execution_id": request.id} for r in rows]
+        items, size = [], 0
+        budget = self.nc.max_payload - REPLY_MARGIN
+        for r in rows:
+            size += len(r[5] or "") + LINE_OVERHEAD
+            if items and size > budget:
+                break  # a reply must fit in one message: fewer lines, the caller asks again from the last idx
+            items.append({"idx": r[0], "ts": sql.plain(r[1]), "level": r[2], "stream": r[3], "action_index": r[4],
+                          "msg": r[5], "execution_id": request.id})
         return {"items": items}
 
     async def results(self, org: str, body: bytes) -> Any:

@@ -471,6 +471,30 @@ async def test_exec_logs_pages_by_offset_orders_and_filters_by_time(stack):
     assert (await api.call("exec", "logs", {"id": "no-such-execution"}))["items"] == []
 
 
+async def test_long_lines_come_in_pages_that_fit_a_message_and_the_cli_prints_them_all(stack):
+    await stack.start_store()
+    execution_id = "01LONGLINES000000000000000"
+    subject = f"bd.{ACME}.evt.exec.{execution_id}.log"
+    long = "x" * 4000
+    for idx in range(1, 601):  # 600 lines of 4 KB: 2.4 MB, more than one reply may carry
+        line = {"idx": idx, "ts": to_iso(datetime.now(UTC)), "level": "info", "stream": "stdout",
+                "action_index": 0, "msg": f"{idx} {long}", "execution_id": execution_id}
+        await stack.js.publish(subject, json.dumps(line).encode())
+
+    async def all_stored() -> bool:
+        rows = await stack.sql("SELECT count(*) AS n FROM logs WHERE execution_id = ?", [execution_id])
+        return rows[0]["n"] == 600
+
+    await wait_until(all_stored, 20.0, 0.2, "600 long lines stored")
+    page = await stack.api().call("exec", "logs", {"id": execution_id, "limit": 1000})
+    assert 0 < len(page["items"]) < 600, "one reply cannot hold 2.4 MB"
+    assert [line["idx"] for line in page["items"]] == list(range(1, len(page["items"]) + 1))
+
+    code, out, err = await batchdeck(stack, "logs", execution_id, "--json")
+    assert code == 0, err
+    assert [json.loads(line)["idx"] for line in out.splitlines()] == list(range(1, 601))
+
+
 async def test_batch_results_pages_the_batchs_runs_newest_first(stack):
     await stack.runner()
     api = stack.api()

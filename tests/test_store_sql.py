@@ -573,7 +573,7 @@ def test_a_failed_batch_commits_nothing(history: History) -> None:
 def test_a_definitions_history_has_one_row_per_version_with_contiguous_validity(history: History, kind: str) -> None:
     times = ["2024-05-01T08:00:00.000Z", "2024-05-02T09:30:00.000Z", "2024-05-03T10:45:00.000Z"]
     changes = ["created", "updated", "deleted"]
-    for seq, (change, ts) in enumerate(zip(changes, times), start=1):
+    for seq, (change, ts) in enumerate(zip(changes, times, strict=True), start=1):
         write(history, seq, definitions=[definition(ACME, kind, "d1", change, ts, name=f"v{seq}", version=seq)])
     write(history, 9, org=GLOBEX, definitions=[definition(GLOBEX, kind, "d1", "created", times[0])])
 
