@@ -61,7 +61,7 @@ from broker.server import EmbeddedServer
 from broker.timestamps import now_iso
 from broker.types import LogLine
 from store import schema, sql
-from store.history import Batch, History
+from store.history import History
 from store.ingest import CONSUMER, FETCH, Ingest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -451,22 +451,19 @@ async def reference_pull(nc: Client, js: JetStreamContext, lines: int, server_pi
 
 
 def reference_write(path: Path, lines: int) -> Reference:
-    """The store's own work without NATS: `Ingest._add` (decode into columns) and
+    """The store's own work without NATS: `Ingest._batch` (decode into columns) and
     `History.write` of FETCH-line batches, in this process."""
     source = LineSource(INGEST_EXECUTIONS, seed=0)
-    messages = [SimpleNamespace(subject=subject, data=payload, headers=headers)
-                for subject, payload, headers in source.take(lines)]
+    messages = [SimpleNamespace(subject=subject, data=payload, headers=headers,
+                                metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq)))
+                for seq, (subject, payload, headers) in enumerate(source.take(lines), start=1)]
     history = History(path)
     ingest = Ingest(None, history)  # type: ignore[arg-type]  # no NATS: only its decoding is used
     try:
         began, cpu = time.perf_counter(), time.process_time()
         for first in range(0, lines, FETCH):
-            batch = Batch()
-            for msg in messages[first:first + FETCH]:
-                ingest._add(batch, msg)
-            batch.last_seq = first + FETCH
-            history.write(batch)
-        return Reference(f"decode (Ingest._add) + History.write, {FETCH}-line batches", lines,
+            history.write(ingest._batch(messages[first:first + FETCH]))
+        return Reference(f"decode (Ingest._batch) + History.write, {FETCH}-line batches", lines,
                          time.perf_counter() - began, time.process_time() - cpu)
     finally:
         history.close()

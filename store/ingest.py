@@ -11,11 +11,12 @@ not written (a crash before the commit) are.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 import msgspec
-from nats.errors import TimeoutError as NatsTimeout
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -24,6 +25,7 @@ from broker import streams, subjects
 from broker.timestamps import parse_iso
 from broker.types import DefinitionEvent, Execution, LogLine
 from store.history import Batch, History
+from store.puller import Puller
 
 log = logging.getLogger("batchdeck.store")
 
@@ -36,14 +38,16 @@ TRACE_OFF = "false"
 # Events are decoded into the contract's types: anything that reaches the database has
 # the types its columns expect, so no event can make a batch's transaction fail.
 _decode_line = msgspec.json.Decoder(LogLine).decode
+_decode_lines = msgspec.json.Decoder(list[LogLine]).decode
 _decode_state = msgspec.json.Decoder(Execution).decode
 _decode_definition = msgspec.json.Decoder(DefinitionEvent).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class Ingest:
-    def __init__(self, js: JetStreamContext, history: History, fetch: int = FETCH) -> None:
-        self.js = js
+    def __init__(self, nc: Client, history: History, fetch: int = FETCH) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream() if nc is not None else None
         self.history = history
         self.fetch = fetch
         self.committed = 0
@@ -64,13 +68,11 @@ class Ingest:
     async def _consume(self) -> None:
         self.committed = await asyncio.to_thread(self.history.committed_seq)
         await self._reset_consumer(self.committed + 1)
-        sub = await self.js.pull_subscribe_bind(durable=CONSUMER, stream=streams.EVENTS)
+        puller = Puller(self.nc, streams.EVENTS, CONSUMER, self.fetch)
+        await puller.start()
         try:
             while True:
-                try:
-                    messages = await sub.fetch(self.fetch, timeout=1.0)
-                except (NatsTimeout, asyncio.TimeoutError):
-                    continue
+                messages = await puller.next_batch()  # the next batch is requested meanwhile
                 if not messages:
                     continue
                 batch = self._batch(messages)
@@ -80,7 +82,7 @@ class Ingest:
                     self.events += batch.events
                 await messages[-1].ack()
         finally:
-            await sub.unsubscribe()
+            await puller.stop()
 
     async def _reset_consumer(self, start: int) -> None:
         info = await self.js.stream_info(streams.EVENTS)
@@ -110,49 +112,87 @@ class Ingest:
         # Read in order from the committed sequence on, a batch holds no replay unless it
         # starts at or before it (a redelivery after ack_wait): only then look at each.
         replayed = first <= self.committed
+        lines = _Lines()
         for msg in messages:
             if replayed and msg.metadata.sequence.stream <= self.committed:
                 continue
-            self._add(batch, msg)
+            headers = msg.headers
+            if headers and headers.get(subjects.TRACE_HEADER) == TRACE_OFF:
+                self.skipped += 1
+                continue
+            org, kind, execution_id, what = _route(msg.subject)
+            if kind == "exec" and what == "log":
+                lines.add(org, execution_id, msg.data)  # decoded together below: most events are log lines
+            else:
+                self._add(batch, msg.subject, org, kind, what, msg.data)
+        batch.events += lines.into(batch.logs)
         batch.last_seq = last
         return batch
 
-    def _add(self, batch: Batch, msg: Any) -> None:
-        headers = msg.headers
-        if headers and headers.get(subjects.TRACE_HEADER) == TRACE_OFF:
-            self.skipped += 1
-            return
-        tokens = msg.subject.split(".")
-        org, kind = tokens[1], tokens[3]
+    def _add(self, batch: Batch, subject: str, org: str, kind: str, what: str | None, data: bytes) -> None:
         try:
-            if kind == "exec" and len(tokens) == 6:
-                self._add_exec_event(batch, org, tokens[4], tokens[5], msg.data)
+            if kind == "exec" and what == "state":
+                batch.add_execution(org, msgspec.to_builtins(_decode_state(data)))
             elif kind == "trigger":
-                batch.triggers.append(_trigger_row(org, _decode_object(msg.data)))
+                batch.triggers.append(_trigger_row(org, _decode_object(data)))
             elif kind == "def":
-                batch.definitions.append({**msgspec.structs.asdict(_decode_definition(msg.data)), "org": org})
+                batch.definitions.append({**msgspec.structs.asdict(_decode_definition(data)), "org": org})
             else:
-                return
+                return  # progress events are kept on the execution's state (progress_percent/text)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
-            log.warning("event on %s is not what it should be (%s); not stored", msg.subject, err)
+            log.warning("event on %s is not what it should be (%s); not stored", subject, err)
             return
         batch.events += 1
 
-    def _add_exec_event(self, batch: Batch, org: str, execution_id: str, what: str, data: bytes) -> None:
-        if what == "log":
-            line = _decode_line(data)
-            logs = batch.logs
-            logs["org"].append(org)
-            logs["execution_id"].append(execution_id)
-            logs["idx"].append(line.idx)
-            logs["ts"].append(line.ts)
-            logs["level"].append(line.level)
-            logs["stream"].append(line.stream)
-            logs["action_index"].append(line.action_index)
-            logs["msg"].append(line.msg)
-        elif what == "state":
-            batch.add_execution(org, msgspec.to_builtins(_decode_state(data)))
-        # progress events are kept on the execution's state (progress_percent/text)
+
+@functools.lru_cache(maxsize=65536)
+def _route(subject: str) -> tuple[str, str, str | None, str | None]:
+    """(org, kind, execution id, what) of `bd.{org}.evt.{kind}...`; cached, since a
+    batch holds many lines of few executions."""
+    tokens = subject.split(".")
+    if tokens[3] == "exec" and len(tokens) == 6:
+        return tokens[1], "exec", tokens[4], tokens[5]
+    return tokens[1], tokens[3], None, None
+
+
+class _Lines:
+    """Log events of a batch, decoded in one call (one JSON array) instead of one each."""
+
+    def __init__(self) -> None:
+        self.orgs: list[str] = []
+        self.executions: list[str] = []
+        self.bodies: list[bytes] = []
+
+    def add(self, org: str, execution_id: str, data: bytes) -> None:
+        self.orgs.append(org)
+        self.executions.append(execution_id)
+        self.bodies.append(data)
+
+    def into(self, logs: dict[str, list[Any]]) -> int:
+        if not self.bodies:
+            return 0
+        try:
+            lines: list[LogLine | None] = _decode_lines(b"[" + b",".join(self.bodies) + b"]")
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            lines = [_line_or_none(body) for body in self.bodies]  # find the bad one(s), keep the rest
+        kept = [(o, e, line) for o, e, line in zip(self.orgs, self.executions, lines, strict=True) if line]
+        logs["org"] += [o for o, _, _ in kept]
+        logs["execution_id"] += [e for _, e, _ in kept]
+        logs["idx"] += [line.idx for _, _, line in kept]
+        logs["ts"] += [line.ts for _, _, line in kept]
+        logs["level"] += [line.level for _, _, line in kept]
+        logs["stream"] += [line.stream for _, _, line in kept]
+        logs["action_index"] += [line.action_index for _, _, line in kept]
+        logs["msg"] += [line.msg for _, _, line in kept]
+        return len(kept)
+
+
+def _line_or_none(body: bytes) -> LogLine | None:
+    try:
+        return _decode_line(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        log.warning("a log event is not a log line (%s); not stored", err)
+        return None
 
 
 TRIGGER_TEXT = ("trigger_id", "batch_id", "source", "execution_id", "status", "error")

@@ -62,7 +62,7 @@ class StoreService:
         self.db_path = db_path
         self.history = History(db_path)
         self.retain_days = retain_days
-        self.ingest = Ingest(self.js, self.history)
+        self.ingest = Ingest(nc, self.history)
         self.api = Endpoints(nc)
         self._tasks: list[asyncio.Task[Any]] = []
 
