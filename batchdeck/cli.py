@@ -19,7 +19,7 @@ from broker.connect import ConnectOptions, connect
 from broker.errors import ApiError
 from broker.server import ServerError
 from broker.subjects import is_valid_org
-from batchdeck import commands, config, history, output, supervisor
+from batchdeck import commands, config, export, history, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN
 
 
@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parsers(sub, common)
     history.add_parsers(sub, common)
+    export.add_parser(sub, common)
     return parser
 
 
@@ -167,6 +168,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 await history.run_sql(api, args)
             elif args.command == "logs":
                 await history.run_logs(nc, api, args)
+            elif args.command == "export":
+                await export.run(api, args)
             else:
                 await commands.run(api, args)
         finally:

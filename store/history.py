@@ -98,11 +98,11 @@ class History:
             try:
                 cursor.begin()
                 if batch.logs["idx"]:
-                    _insert(cursor, "logs", LOG_COLUMNS, batch.logs)
+                    insert_columns(cursor, "logs", LOG_COLUMNS, batch.logs)
                 if batch.executions:
                     self._write_executions(cursor, batch)
                 if batch.triggers:
-                    _insert(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
+                    insert_columns(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
                 for definition in batch.definitions:
                     _write_definition(cursor, definition)
                 cursor.execute(
@@ -133,7 +133,7 @@ class History:
             return
         columns = _columns(rows, EXECUTION_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in EXECUTION_COLUMNS if c not in ("org", "id"))
-        _insert(cursor, "executions", EXECUTION_COLUMNS, columns, f"ON CONFLICT (org, id) DO UPDATE SET {updates}")
+        insert_columns(cursor, "executions", EXECUTION_COLUMNS, columns, f"ON CONFLICT (org, id) DO UPDATE SET {updates}")
         cursor.execute(
             "DELETE FROM bd_history.execution_actions AS a USING (SELECT unnest(?) AS org, unnest(?) AS id) AS d "
             "WHERE a.org = d.org AND a.execution_id = d.id",
@@ -146,7 +146,7 @@ class History:
             for r in rows for a in r.get("actions") or []
         ]
         if actions:
-            _insert(cursor, "execution_actions", ACTION_COLUMNS, _columns(actions, ACTION_COLUMNS))
+            insert_columns(cursor, "execution_actions", ACTION_COLUMNS, _columns(actions, ACTION_COLUMNS))
         final = [r for r in rows if r.get("runner_id") and r.get("finished_at")]
         for row in final:
             cursor.execute(
@@ -187,7 +187,7 @@ class History:
         return removed
 
 
-def _insert(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], columns: dict[str, list[Any]],
+def insert_columns(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], columns: dict[str, list[Any]],
             suffix: str = "") -> None:
     """A columnar insert: one statement whatever the number of rows (DuckDB's row-at-a-time
     executemany manages under a thousand rows a second)."""

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import nats
 import pytest
 import pytest_asyncio
@@ -680,3 +681,44 @@ async def test_batchdeck_logs_prints_each_line_once_and_follows_a_run_until_it_e
     assert printed_lines(out) == [(i, f"tick {i}") for i in range(1, 11)]
     # It returned because the run ended, not because the stream went quiet once.
     assert (await stack.api().call("exec", "get", {"id": running_id}))["status"] == "succeeded"
+
+
+# ---- export -------------------------------------------------------------------------
+
+
+async def test_batchdeck_export_writes_parquet_by_table_and_day(stack, tmp_path):
+    await stack.start_store()
+    days = {"e-old": "2026-11-20T08:00:00.000Z", "e-new": "2026-11-22T08:00:00.000Z"}
+    for execution_id, queued_at in days.items():
+        state = {"id": execution_id, "org": ACME, "task_id": "t", "name": "t", "status": "succeeded",
+                 "queued_at": queued_at, "started_at": queued_at, "finished_at": queued_at, "duration_ms": 5,
+                 "result": {"rows": 3}, "version": 3}
+        await stack.js.publish(f"bd.{ACME}.evt.exec.{execution_id}.state", json.dumps(state).encode())
+    await stack.publish_lines(ACME, "e-new", 4500)  # more than one page of history.sql
+    await stack.publish_lines(GLOBEX, "other-org", 10)  # not ours: never exported
+    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM logs HAVING n = 4500"), 20.0, what="lines stored")
+    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 2"), what="runs stored")
+
+    everything, recent = tmp_path / "all", tmp_path / "recent"
+    code, out, err = await batchdeck(stack, "export", "--parquet", str(everything), "--json")
+    assert code == 0, err
+    assert json.loads(out)["rows"]["logs"] == 4500 and json.loads(out)["rows"]["executions"] == 2
+    code, _, err = await batchdeck(stack, "export", "--parquet", str(recent), "--since", "2026-11-21")
+    assert code == 0, err
+
+    def read(directory: Path, table: str, query: str) -> list[tuple[Any, ...]]:
+        files = str(directory / table / "**" / "*.parquet")
+        with duckdb.connect() as local:
+            return local.execute(query.format(t=f"read_parquet('{files}', hive_partitioning = true)")).fetchall()
+
+    assert read(everything, "executions", "SELECT id, CAST(day AS VARCHAR) FROM {t} ORDER BY id") == [
+        ("e-new", "2026-11-22"), ("e-old", "2026-11-20")]
+    assert sorted(p.name for p in (everything / "executions").iterdir()) == ["day=2026-11-20", "day=2026-11-22"]
+    logs = read(everything, "logs", "SELECT count(*), count(DISTINCT idx), min(idx), max(idx), "
+                                   "count(*) FILTER (WHERE org <> 'acme') FROM {t}")
+    assert logs == [(4500, 4500, 1, 4500, 0)]
+    assert read(everything, "executions", "SELECT result->>'rows' FROM {t} WHERE id = 'e-old'") == [("3",)]
+    assert read(recent, "executions", "SELECT id FROM {t}") == [("e-new",)]
+
+    code, _, err = await batchdeck(stack, "export", "--parquet", str(tmp_path / "x"), "--since", "yesterday")
+    assert code == 2 and "not a date" in err
