@@ -54,6 +54,8 @@ log = logging.getLogger("batchdeck.broker")
 EXECUTION_FIELDS = field_names(Execution)
 CANCEL_FORWARD_TIMEOUT = 3.0
 """Seconds the broker waits for the runner holding an execution to answer a cancel."""
+HISTORY_TIMEOUT = 2.0
+"""Seconds `batch.devices` waits for the store's answer before it replies without it."""
 ADMIT_ATTEMPTS = 20
 ADMIT_WAITS = 10
 ADMIT_WAIT_SECONDS = 0.05
@@ -355,13 +357,28 @@ class Executions:
         return [by_name[name] for name in sorted(by_name)]
 
     async def devices(self, org: str, body: bytes) -> dict[str, Any]:
-        """Runners eligible to run the batch now: alive and serving its pool. (Runners
-        that ran it in the past come from the store's history.)"""
+        """Runners that ran the batch (the store's history, when a store answers) or
+        are eligible to run it now: alive and serving its pool."""
         request = codec.decode_request(body, GetRequest)
         batch = await self.definitions.load_batch(org, request.id, live=False)
         pool = batch.pool or (await self.definitions.load_task(org, batch.actions[0].task_id, live=False)).pool
         eligible = [r.id for r in await self.live_runners(org) if r.alive and pool in r.pools]
-        return {"items": sorted(eligible), "pool": pool}
+        ran = await self._runners_that_ran(org, batch.id)
+        return {"items": sorted(set(eligible) | set(ran or [])), "pool": pool, "eligible": sorted(eligible),
+                "ran": ran}
+
+    async def _runners_that_ran(self, org: str, batch_id: str) -> list[str] | None:
+        """From the store (`history.sql`); None when no store answers in time."""
+        query = {"sql": "SELECT DISTINCT runner_id FROM executions WHERE batch_id = ? AND runner_id IS NOT NULL "
+                        "ORDER BY runner_id", "params": [batch_id]}
+        try:
+            reply = await self.nc.request(subjects.api(org, "history", "sql"), codec.encode(query),
+                                          timeout=HISTORY_TIMEOUT)
+        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError):
+            return None
+        if reply_error(reply) is not None:
+            return None
+        return [row[0] for row in codec.decode(reply.data, dict[str, Any]).get("rows", [])]
 
 
 def _check_cancellable(execution: Execution) -> None:

@@ -473,7 +473,6 @@ async def test_exec_logs_pages_by_offset_orders_and_filters_by_time(stack):
 
 
 async def test_long_lines_come_in_pages_that_fit_a_message_and_the_cli_prints_them_all(stack):
-    await stack.start_store()
     execution_id = "01LONGLINES000000000000000"
     subject = f"bd.{ACME}.evt.exec.{execution_id}.log"
     long = "x" * 4000
@@ -687,7 +686,6 @@ async def test_batchdeck_logs_prints_each_line_once_and_follows_a_run_until_it_e
 
 
 async def test_batchdeck_export_writes_parquet_by_table_and_day(stack, tmp_path):
-    await stack.start_store()
     days = {"e-old": "2026-11-20T08:00:00.000Z", "e-new": "2026-11-22T08:00:00.000Z"}
     for execution_id, queued_at in days.items():
         state = {"id": execution_id, "org": ACME, "task_id": "t", "name": "t", "status": "succeeded",
@@ -722,3 +720,25 @@ async def test_batchdeck_export_writes_parquet_by_table_and_day(stack, tmp_path)
 
     code, _, err = await batchdeck(stack, "export", "--parquet", str(tmp_path / "x"), "--since", "yesterday")
     assert code == 2 and "not a date" in err
+
+
+async def test_batch_devices_lists_runners_that_ran_the_batch_and_those_eligible_now(stack):
+    gone = await stack.runner()
+    task = await stack.task(name="once")
+    batch = await stack.api().call("batch", "create", {
+        "name": "b", "cron_expression": "0 3 * * *", "is_enabled": False, "run_on_startup": False,
+        "actions": [{"task_id": task["id"]}]})
+    started = await stack.api().call("batch", "start", {"id": batch["id"]})
+    await stack.final(started["execution_id"])
+    await stack.stored(started["execution_id"])
+    await gone.stop()
+    now = await stack.runner()
+
+    devices = await stack.api().call("batch", "devices", {"id": batch["id"]})
+    assert devices["ran"] == [gone.id]
+    assert devices["eligible"] == [now.id]
+    assert devices["items"] == sorted([gone.id, now.id])
+
+    await stack.stop_store()  # without a store: only the runners eligible now, `ran` unknown
+    devices = await stack.api().call("batch", "devices", {"id": batch["id"]})
+    assert devices["ran"] is None and devices["items"] == [now.id]
