@@ -50,6 +50,7 @@ class Prepared:
     subject: str
     trigger: Trigger
     headers: dict[str, str]
+    schedule: tuple[str, str] | None = None
 
 
 class SchedulerService:
@@ -166,6 +167,8 @@ class SchedulerService:
             ahead = (due - utc_now()).total_seconds()
             if ahead > 0:
                 await asyncio.sleep(ahead)
+                # A batch disabled, deleted or rescheduled while we waited does not fire.
+                prepared = [p for p in prepared if self._still_due(p)]
             await self._publish(prepared)
             self._fired_through, self._firing = max(due, now), False
 
@@ -179,8 +182,12 @@ class SchedulerService:
                 trigger_id=ids.tick_id(key, int(tick.scheduled_at.timestamp() * 1000)), batch_id=tick.batch_id,
                 source=tick.source, scheduled_at=scheduled, org=tick.org,
             )
-            prepared.append(Prepared(subjects.trigger(tick.org, tick.batch_id), trigger, {MSG_ID: key}))
+            prepared.append(Prepared(subjects.trigger(tick.org, tick.batch_id), trigger, {MSG_ID: key}, tick.schedule))
         return prepared
+
+    def _still_due(self, item: Prepared) -> bool:
+        member = self.timeline.entries.get((item.trigger.org, item.trigger.batch_id))
+        return member is not None and (item.schedule is None or member.schedule == item.schedule)
 
     def _startup_trigger(self, org: str, batch: Batch, started: datetime) -> Prepared:
         assert self.membership is not None

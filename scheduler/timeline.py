@@ -51,6 +51,8 @@ class Tick:
     batch_id: str
     scheduled_at: datetime
     source: str  # "cron" | "catch_up"
+    schedule: ScheduleKey | None = field(default=None, compare=False)
+    """The (cron, timezone) the tick came from (not part of what the tick is)."""
 
 
 @dataclass
@@ -138,8 +140,9 @@ class Timeline:
                 mine = due if due[0] > member.joined_at else [at for at in due if at > member.joined_at]
                 if not mine:
                     continue
-                ticks += [Tick(org, batch_id, at, "catch_up") for at in _by_policy(member.batch, mine[:-1], True)]
-                ticks.append(Tick(org, batch_id, mine[-1], "cron"))
+                ticks += [Tick(org, batch_id, at, "catch_up", schedule_key)
+                          for at in _by_policy(member.batch, mine[:-1], True)]
+                ticks.append(Tick(org, batch_id, mine[-1], "cron", schedule_key))
             self._push(schedule_key, schedule)
 
     def _due(self, schedule_key: ScheduleKey, schedule: _Schedule, now: datetime) -> list[datetime]:

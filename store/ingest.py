@@ -1,7 +1,7 @@
 """BD_EVENTS -> DuckDB, exactly once.
 
-One durable pull consumer, `store_history`, read strictly in order: fetch a batch,
-write it in one transaction that also records the sequence of its last event, then ack
+One durable pull consumer, `store_history`, read strictly in order (`store.puller`):
+take a batch, write it in one transaction that also records the sequence of its last event, then ack
 (AckPolicy.ALL: one ack covers the batch). On every start the consumer is re-created to
 begin right after the committed sequence, so events that were written but not acked
 (a crash between commit and ack) are not read again, and events that were read but
