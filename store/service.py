@@ -19,7 +19,7 @@ from broker.endpoints import Endpoints, Handler
 from broker.errors import BadRequest, NotFound
 from broker.query import page_of
 from broker.timestamps import parse_iso
-from broker.types import ID_PATTERN, ListRequest
+from broker.types import Id, ListRequest
 from store import sql
 from store.history import EXECUTION_COLUMNS, History
 from store.ingest import Ingest
@@ -34,9 +34,6 @@ LINE_OVERHEAD = 160
 """Bytes of JSON around each line's text in an exec.logs reply (an upper bound)."""
 MAX_RESULTS = 10_000
 """Executions of one batch that `batch.results` pages through (newest first)."""
-
-Id = Annotated[str, Meta(pattern=ID_PATTERN)]
-
 
 class LogsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     id: Annotated[str, Meta(min_length=1, max_length=64)]
