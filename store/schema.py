@@ -134,8 +134,11 @@ INTERNAL = {
 # Derived views, over the plain names a session exposes.
 VIEWS = {
     "task_stats": """
+        WITH named AS (SELECT org, id, arg_max(name, valid_from) AS name FROM tasks GROUP BY org, id)
         SELECT a.org, a.task_id,
-               arg_max(e.name, e.queued_at) FILTER (WHERE e.task_id = a.task_id) AS task_name,
+               -- the task's name as its last definition has it; else as its own runs had it
+               coalesce(any_value(named.name),
+                        arg_max(e.name, e.queued_at) FILTER (WHERE e.task_id = a.task_id)) AS task_name,
                count(*) AS runs,
                count(*) FILTER (WHERE a.status = 'succeeded') AS succeeded,
                count(*) FILTER (WHERE a.status IN ('failed', 'timed_out', 'lost')) AS failed,
@@ -146,6 +149,7 @@ VIEWS = {
                arg_max(a.status, a.finished_at) AS last_status,
                max(a.finished_at) AS last_finished_at
         FROM execution_actions a JOIN executions e ON e.org = a.org AND e.id = a.execution_id
+        LEFT JOIN named ON named.org = a.org AND named.id = a.task_id
         WHERE a.status IN ('succeeded', 'failed', 'timed_out', 'lost', 'canceled')
         GROUP BY a.org, a.task_id""",
     "daily_runs": """

@@ -176,14 +176,16 @@ GLOBEX_RUNS = [
 def seed(history: History) -> None:
     write(history, 10, org=ACME, executions=ACME_RUNS, logs=log_lines(ACME, "e1", 3, "2024-05-01T08:00:00Z"),
           triggers=[trigger("tr1", "nightly", "2024-05-01T20:00:00Z", "2024-05-01T20:00:01Z", lag_ms=1000)],
-          definitions=[definition(ACME, "task", "build", "created", "2024-04-30T10:00:00Z", kind="command"),
+          definitions=[definition(ACME, "task", "build", "created", "2024-04-30T10:00:00Z", kind="command",
+                                  name="build v2"),
                        definition(ACME, "batch", "nightly", "created", "2024-04-30T10:00:00Z",
                                   cron_expression="0 20 * * *")])
     write(history, 20, org=GLOBEX, executions=GLOBEX_RUNS,
           logs=log_lines(GLOBEX, "e1", 5, "2024-05-01T09:00:00Z"),
           triggers=[trigger("tr1", "nightly", "2024-05-01T20:00:00Z", "2024-05-01T20:00:02Z", lag_ms=2000),
                     trigger("tr2", "nightly", "2024-05-02T20:00:00Z", None)],
-          definitions=[definition(GLOBEX, "task", "build", "created", "2024-04-29T10:00:00Z", kind="command"),
+          definitions=[definition(GLOBEX, "task", "build", "created", "2024-04-29T10:00:00Z", kind="command",
+                                  name="globex build"),
                        definition(GLOBEX, "task", "secret", "created", "2024-04-29T10:00:00Z", kind="command"),
                        definition(GLOBEX, "batch", "nightly", "created", "2024-04-29T10:00:00Z")])
 
@@ -348,7 +350,7 @@ ALLOWED = [
      [["e3", 0, "build", 2000], ["e3", 1, "test", 3000], ["e6", 0, "build", 5000], ["e6", 1, "test", 2000]]),
     (("SELECT e.id, count(l.idx) FROM executions e LEFT JOIN logs l ON l.execution_id = e.id "
       "WHERE e.id IN ('e1', 'e2') GROUP BY e.id ORDER BY e.id"), [["e1", 3], ["e2", 0]]),
-    ("SELECT t.name, b.cron_expression FROM tasks t CROSS JOIN batches b", [["build", "0 20 * * *"]]),
+    ("SELECT t.name, b.cron_expression FROM tasks t CROSS JOIN batches b", [["build v2", "0 20 * * *"]]),
     ("SELECT id, executions FROM runners ORDER BY id", [["r1", 5], ["r2", 1]]),
     ("SELECT task_id, runs FROM task_stats ORDER BY task_id", [["build", 5], ["test", 3]]),
     ("SELECT day, runs FROM daily_runs ORDER BY day", [["2024-05-01", 4], ["2024-05-02", 3]]),
