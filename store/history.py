@@ -157,6 +157,23 @@ class History:
                 [row["org"], row["runner_id"], row.get("started_at") or row["finished_at"], row["finished_at"]],
             )
 
+    def record_runner(self, org: str, runner_id: str, host: str, pools: list[str], started_at: str | None,
+                      seen_at: str | None) -> None:
+        """A runner as its heartbeat in `bd_runners` describes it (host, pools, when seen)."""
+        with self._write_lock:
+            cursor = self.cursor()
+            try:
+                cursor.execute(
+                    "INSERT INTO bd_history.runners (org, id, host, pools, first_seen, last_seen, executions) "
+                    "VALUES (?, ?, ?, ?, TRY_CAST(? AS TIMESTAMPTZ), TRY_CAST(? AS TIMESTAMPTZ), 0) "
+                    "ON CONFLICT (org, id) DO UPDATE SET host = excluded.host, pools = excluded.pools, "
+                    "first_seen = least(runners.first_seen, excluded.first_seen), "
+                    "last_seen = greatest(runners.last_seen, excluded.last_seen)",
+                    [org, runner_id, host, pools, started_at or seen_at, seen_at],
+                )
+            finally:
+                cursor.close()
+
     # ---- retention ---------------------------------------------------------------
 
     def remove_older_than(self, days: float) -> dict[str, int]:

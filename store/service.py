@@ -19,7 +19,7 @@ from broker.endpoints import Endpoints, Handler
 from broker.errors import BadRequest, NotFound
 from broker.query import page_of
 from broker.timestamps import parse_iso
-from broker.types import Id, ListRequest
+from broker.types import Id, ListRequest, Runner
 from store import sql
 from store.history import EXECUTION_COLUMNS, History
 from store.ingest import Ingest
@@ -66,7 +66,8 @@ class StoreService:
     async def start(self) -> None:
         await streams.wait_for_provisioning(self.js, log)
         await self.api.start(SERVICE_NAME, "batchdeck history: logs, results, SQL", self.endpoints())
-        self._tasks = [asyncio.create_task(self.ingest.run(), name="store-ingest")]
+        self._tasks = [asyncio.create_task(self.ingest.run(), name="store-ingest"),
+                       asyncio.create_task(self._follow_runners(), name="store-runners")]
         if self.retain_days:
             self._tasks.append(asyncio.create_task(self._retain_forever(), name="store-retention"))
         log.info("store: history in %s, resuming after event %d", self.db_path, self.history.committed_seq())
@@ -158,6 +159,32 @@ class StoreService:
             return sql.run(cursor, org, text, params)
         finally:
             cursor.close()
+
+    async def _follow_runners(self) -> None:
+        """Keep `runners` (host, pools, first and last seen) from the heartbeats in
+        KV `bd_runners`; a runner's row is rewritten at most once a minute."""
+        written: dict[tuple[str, str], tuple[str, tuple[str, ...], float]] = {}
+        while True:
+            try:
+                kv = await self.js.key_value(streams.RUNNERS_BUCKET)
+                watcher = await kv.watchall(ignore_deletes=True)
+                async for entry in watcher:
+                    if entry is None or not entry.value:
+                        continue
+                    runner = codec.decode(entry.value, Runner)
+                    org = entry.key.split(".", 1)[0]
+                    key, now = (org, runner.id), asyncio.get_running_loop().time()
+                    known = written.get(key)
+                    if known and known[:2] == (runner.host, tuple(runner.pools)) and now - known[2] < 60:
+                        continue
+                    written[key] = (runner.host, tuple(runner.pools), now)
+                    await asyncio.to_thread(self.history.record_runner, org, runner.id, runner.host, runner.pools,
+                                            runner.started_at, runner.heartbeat_at)
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # server restart, a bad record: watch again
+                log.warning("runner registry: %r; watching again", err)
+                await asyncio.sleep(1.0)
 
     async def _retain_forever(self) -> None:
         while True:

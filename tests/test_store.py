@@ -261,10 +261,15 @@ async def test_a_run_is_in_history_with_its_status_actions_every_log_line_and_it
     assert [(line["msg"], line["level"]) for line in lines if line["stream"] == "stderr"] == [
         ("oops 1", "warning"), ("oops 2", "warning")]
 
-    runners = await stack.sql("SELECT id, executions, first_seen, last_seen FROM runners")
+    async def described() -> list[dict[str, Any]]:  # the heartbeat's host and pools arrive by a KV watch
+        rows = await stack.sql("SELECT id, executions, host, pools, first_seen, last_seen FROM runners")
+        return rows if rows and rows[0]["host"] else []
+
+    runners = await wait_until(described, what="the runner's host and pools")
     assert [(r["id"], r["executions"]) for r in runners] == [(runner.id, 1)], runners
-    assert at(runners[0]["first_seen"]) == parse_time(execution["started_at"])
-    assert at(runners[0]["last_seen"]) == parse_time(execution["finished_at"])
+    assert runners[0]["host"] == runner.describe().host and runners[0]["pools"] == ["default"]
+    assert at(runners[0]["first_seen"]) <= parse_time(execution["started_at"])
+    assert at(runners[0]["last_seen"]) >= parse_time(execution["finished_at"])
 
 
 async def test_triggers_and_every_definition_version_are_in_history(stack):
