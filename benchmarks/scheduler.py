@@ -36,7 +36,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,17 +52,16 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from benchmarks.common import ROOT, count_functions, cpu_seconds, read_samples, stop_process, tail
 from broker import streams, subjects
 from broker.client import ApiClient
 from broker.schedule import fire_times, normalize_cron
 from broker.server import EmbeddedServer
 from broker.service import TRIGGER_CONSUMER, ControlPlane
 
-ROOT = Path(__file__).resolve().parent.parent
 ORG = subjects.DEFAULT_ORG
 ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo")
 PEER_SUBJECTS = "apsbench.trigger.*"
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 CREATE_IN_FLIGHT = 200
 READY_TIMEOUT = 180.0
 START_DELAY = 2.0
@@ -144,16 +142,6 @@ def expected_ticks(specs: list[Spec], start: float, end: float) -> dict[tuple[st
 # ---- processes -----------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read().decode()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _peak_rss_mb(pid: int) -> float:
     """VmHWM: the process's peak resident set, in MB."""
     try:
@@ -164,13 +152,6 @@ def _peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 class Children:
@@ -190,13 +171,7 @@ class Children:
 
     @staticmethod
     def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
 
     def stop_all(self) -> None:
         for process in self.processes:
@@ -216,9 +191,9 @@ async def _wait_for_line(process: subprocess.Popen, log: Path, pattern: re.Patte
         if match:
             return match
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args[2]} exited with {process.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"{process.args[2]} exited with {process.returncode}:\n{tail(log)}")
         await asyncio.sleep(0.05)
-    raise RuntimeError(f"{process.args[2]} was not ready within {timeout:g} s:\n{_tail(log)}")
+    raise RuntimeError(f"{process.args[2]} was not ready within {timeout:g} s:\n{tail(log)}")
 
 
 class Profile:
@@ -243,32 +218,10 @@ class Profile:
 
 def summarize_profile(path: Path, top: int = 12) -> str:
     """Top functions by self and by inclusive samples of a py-spy raw profile."""
-    self_time: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+    samples = read_samples(path)
+    if samples is None:
         return f"  (no profile at {path})"
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        frames = []
-        for frame in stack.split(";"):
-            if not frame or frame.startswith(("process ", "thread ")):
-                continue
-            head, _, rest = frame.partition(" (")
-            where = rest.rstrip(")").rsplit(":", 1)[0]
-            where = where.split("site-packages/")[-1].split("/lib/python3")[-1].removeprefix(str(ROOT) + "/")
-            frames.append(f"{head} ({where})")
-        if not frames:
-            continue
-        count = int(count_text)
-        total += count
-        self_time[frames[-1]] += count
-        for name in set(frames):
-            inclusive[name] += count
+    total, self_time, inclusive = count_functions(samples)
     if not total:
         return "  (no samples)"
     boring = ("asyncio/", "runpy.py", "<module>", "batchdeck/cli.py", "batchdeck/__main__.py", "supervisor.py")
@@ -357,10 +310,10 @@ async def measure(nc: Client, subject: str, pid: int, server_pid: int, seconds: 
     await nc.flush()
     start = float(math.ceil(time.time() + START_DELAY))
     await asyncio.sleep(start - time.time())
-    before = (_cpu_seconds(pid), _cpu_seconds(server_pid))
+    before = (cpu_seconds(pid), cpu_seconds(server_pid))
     profiler = Profile(pid, seconds, profile) if profile is not None else None
     await asyncio.sleep(start + seconds - time.time())
-    after = (_cpu_seconds(pid), _cpu_seconds(server_pid))
+    after = (cpu_seconds(pid), cpu_seconds(server_pid))
     result = Result(label, seconds=seconds, peak_rss_mb=_peak_rss_mb(pid))
     if None in before or None in after:
         result.notes.append("process exited during the window")

@@ -53,7 +53,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from benchmarks.scheduler import Children, _cpu_seconds, _tail, _wait_for_line
+from benchmarks.common import cpu_seconds, frame_name, read_samples, tail
+from benchmarks.scheduler import Children, _wait_for_line
 from broker import codec, streams, subjects
 from broker.client import ApiClient
 from broker.ids import new_id
@@ -64,7 +65,6 @@ from store import schema, sql
 from store.history import History
 from store.ingest import CONSUMER, FETCH, Ingest
 
-ROOT = Path(__file__).resolve().parent.parent
 ORG = "bench"
 OTHER_ORG = "bench_other"
 """Holds every tenth generated execution: the org filter of the session views has work to do."""
@@ -201,7 +201,7 @@ async def _wait_committed(js: JetStreamContext, target: int, process: subprocess
     deadline = time.monotonic() + INGEST_TIMEOUT
     while (floor := await _ack_floor(js)) < target:
         if process.poll() is not None:
-            raise RuntimeError(f"the store exited with {process.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"the store exited with {process.returncode}:\n{tail(log)}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"the store committed up to event {floor} of {target} in {INGEST_TIMEOUT:g} s")
         await asyncio.sleep(POLL_SECONDS)
@@ -209,7 +209,7 @@ async def _wait_committed(js: JetStreamContext, target: int, process: subprocess
 
 
 def _cpu_pair(store_pid: int, server_pid: int) -> tuple[float, float]:
-    return _cpu_seconds(store_pid) or float("nan"), _cpu_seconds(server_pid) or float("nan")
+    return cpu_seconds(store_pid) or float("nan"), cpu_seconds(server_pid) or float("nan")
 
 
 def _file_mb(path: Path) -> float:
@@ -327,25 +327,12 @@ def summarize_profile(path: Path, top: int = 10) -> str:
     parts: Counter[str] = Counter()
     self_time: Counter[str] = Counter()
     total = 0
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+    samples = read_samples(path)
+    if samples is None:
         return f"  (no profile at {path})"
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [f for f in stack.split(";") if f and not f.startswith("process ")]
+    for frames, count in samples:
         thread = next((f for f in frames if f.startswith("thread ")), "thread ?")
-        names = []
-        for frame in frames:
-            if frame.startswith("thread "):
-                continue
-            head, _, rest = frame.partition(" (")
-            where = rest.rstrip(")").rsplit(":", 1)[0]
-            where = where.split("site-packages/")[-1].split("/lib/python3")[-1].removeprefix(str(ROOT) + "/")
-            names.append((head, where))
+        names = [frame_name(f) for f in frames if not f.startswith(("process ", "thread "))]
         total += count
         label = thread.partition(": ")[2] or thread
         threads["MainThread (the event loop)" if label == "MainThread" else
@@ -400,13 +387,13 @@ async def reference_fetch(js: JetStreamContext, lines: int, server_pid: int) -> 
     await _reference_consumer(js, name)
     sub = await js.pull_subscribe_bind(durable=name, stream=streams.EVENTS)
     try:
-        got, began, cpu, server = 0, time.perf_counter(), time.process_time(), _cpu_seconds(server_pid) or 0.0
+        got, began, cpu, server = 0, time.perf_counter(), time.process_time(), cpu_seconds(server_pid) or 0.0
         while got < lines:
             messages = await sub.fetch(min(FETCH, lines - got), timeout=1.0)
             got += len(messages)
             await messages[-1].ack()
         return Reference(f"nats-py fetch({FETCH}) + ack (the store's read)", got, time.perf_counter() - began,
-                         time.process_time() - cpu, (_cpu_seconds(server_pid) or 0.0) - server)
+                         time.process_time() - cpu, (cpu_seconds(server_pid) or 0.0) - server)
     finally:
         await sub.unsubscribe()
         await js.delete_consumer(streams.EVENTS, name)
@@ -432,7 +419,7 @@ async def reference_pull(nc: Client, js: JetStreamContext, lines: int, server_pi
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox, cb=on_msg, pending_msgs_limit=-1, pending_bytes_limit=-1)
     try:
-        got, began, cpu, server = 0, time.perf_counter(), time.process_time(), _cpu_seconds(server_pid) or 0.0
+        got, began, cpu, server = 0, time.perf_counter(), time.process_time(), cpu_seconds(server_pid) or 0.0
         while got < lines:
             box.clear()
             full.clear()
@@ -444,7 +431,7 @@ async def reference_pull(nc: Client, js: JetStreamContext, lines: int, server_pi
             if box:
                 await box[-1].ack()
         return Reference("pull request + callback subscription, + ack", got, time.perf_counter() - began,
-                         time.process_time() - cpu, (_cpu_seconds(server_pid) or 0.0) - server)
+                         time.process_time() - cpu, (cpu_seconds(server_pid) or 0.0) - server)
     finally:
         await sub.unsubscribe()
         await js.delete_consumer(streams.EVENTS, name)

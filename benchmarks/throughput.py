@@ -42,23 +42,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 import nats
 
+from benchmarks.common import ROOT, count_functions, proc_stat, read_samples, stop_process, tail
 from broker import subjects
 from broker.client import ApiClient
 from broker.errors import ApiError
 from broker.server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 ORG = subjects.DEFAULT_ORG
 FINAL = {"succeeded", "failed", "canceled", "timed_out", "lost", "skipped"}
 PEER_PACKAGES = ("celery", "dramatiq", "redis")
-TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 KINDS = {
     "module": ("batchdeck module noop", {"name": "bench-noop", "kind": "module", "module": "noop"}),
@@ -118,15 +116,6 @@ HEADER = (f"{'system':<26} {'runs/s':>9} {'run p50':>9} {'run p99':>9} {'done p5
 # ---- process helpers ---------------------------------------------------------------
 
 
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of a live process, from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read().decode()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _cmdline(pid: int) -> str:
@@ -142,7 +131,7 @@ def _tree(root: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if entry.isdigit():
-            stat = _proc_stat(int(entry))
+            stat = proc_stat(int(entry))
             if stat:
                 parents.setdefault(stat[0], []).append(int(entry))
     found, todo = [], [root]
@@ -160,7 +149,7 @@ class CpuMeter:
         self.groups = groups
 
     def _sample(self) -> dict[int, float]:
-        return {pid: stat[1] for pids in self.groups.values() for pid in pids if (stat := _proc_stat(pid))}
+        return {pid: stat[1] for pids in self.groups.values() for pid in pids if (stat := proc_stat(pid))}
 
     def start(self) -> None:
         self.before, self.client_before = self._sample(), time.process_time()
@@ -173,21 +162,8 @@ class CpuMeter:
         return spent
 
 
-def _stop(process: subprocess.Popen, timeout: float = 60.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
-def _tail(path: Path, lines: int = 25) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # ---- batchdeck ---------------------------------------------------------------------
@@ -227,7 +203,7 @@ async def _connect_when_ready(url: str, up: subprocess.Popen, log: Path, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if up.poll() is not None:
-            raise RuntimeError(f"`batchdeck up` exited with {up.returncode}:\n{_tail(log)}")
+            raise RuntimeError(f"`batchdeck up` exited with {up.returncode}:\n{tail(log)}")
         try:
             nc = await nats.connect(url, max_reconnect_attempts=1, connect_timeout=1, reconnect_time_wait=0.05,
                                     allow_reconnect=False, error_cb=quiet)
@@ -240,7 +216,7 @@ async def _connect_when_ready(url: str, up: subprocess.Popen, log: Path, timeout
         except ApiError:
             await nc.close()
             await asyncio.sleep(0.05)
-    raise RuntimeError(f"`batchdeck up` did not answer within {timeout:g} s:\n{_tail(log)}")
+    raise RuntimeError(f"`batchdeck up` did not answer within {timeout:g} s:\n{tail(log)}")
 
 
 async def _wait_for_runners(api: ApiClient, count: int, timeout: float = 60.0) -> None:
@@ -323,35 +299,14 @@ class Profiler:
                 proc.kill()
 
 
-def _frame_name(frame: str) -> str:
-    """`func (path/file.py:12)` -> `func (path/file.py)`: aggregate over line numbers."""
-    head, _, rest = frame.partition(" (")
-    path = rest.rstrip(")").rsplit(":", 1)[0]
-    return f"{head} ({path})"
 
 
 def summarize_profile(path: Path, top: int = 15) -> str:
     """Top self and inclusive functions of a py-spy raw (collapsed) profile."""
-    self_time: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
+    samples = read_samples(path)
+    if samples is None:
         return f"  (no profile at {path})"
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_frame_name(f) for f in stack.split(";") if f and not f.startswith("process ")
-                  and not f.startswith("thread ")]
-        if not frames:
-            continue
-        total += count
-        self_time[frames[-1]] += count
-        for name in set(frames):
-            inclusive[name] += count
+    total, self_time, inclusive = count_functions(samples)
     if not total:
         return "  (no samples)"
     out = [f"  {total} samples (250/s, only while holding the GIL: Python CPU time)", "  self:"]
@@ -400,7 +355,7 @@ async def batchdeck_round(args: argparse.Namespace, kinds: list[str], profile_di
                     warm = await _fire_and_wait(api, collector, task["id"], args.warmup, args.in_flight, label)
                     if warm.failed:
                         raise RuntimeError(f"{label}: {warm.failed} of {args.warmup} warm-up runs did not succeed:\n"
-                                           f"{_tail(log)}")
+                                           f"{tail(log)}")
                 meter = CpuMeter(groups)
                 profiler = None
                 if profile_dir is not None and kind == kinds[0]:
@@ -418,7 +373,7 @@ async def batchdeck_round(args: argparse.Namespace, kinds: list[str], profile_di
             await sub.unsubscribe()
             await nc.close()
         finally:
-            await asyncio.to_thread(_stop, up)
+            await asyncio.to_thread(stop_process, up, 60.0)
     return results
 
 
@@ -457,7 +412,7 @@ class Redis:
 
     def stop(self) -> None:
         self.client.close()
-        _stop(self.process, 15)
+        stop_process(self.process, 15)
 
 
 def _worker_env(redis_url: str) -> dict[str, str]:

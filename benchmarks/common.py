@@ -1,0 +1,88 @@
+"""What the benchmarks share: stopping a child process, reading its log and its CPU
+time from /proc, and reading py-spy raw (collapsed) profiles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def stop_process(process: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL when it is still running after `timeout` seconds."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used so far) of a process, from /proc; None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            text = handle.read().decode()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    stat = proc_stat(pid)
+    return stat[1] if stat else None
+
+
+def read_samples(path: Path) -> list[tuple[list[str], int]] | None:
+    """The stacks of a py-spy raw profile (frames outermost first, `process`/`thread`
+    frames included) with their sample counts; None when there is no profile."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    samples = []
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            samples.append(([f for f in stack.split(";") if f], int(count_text)))
+    return samples
+
+
+def frame_name(frame: str) -> tuple[str, str]:
+    """`func (…/site-packages/pkg/mod.py:12)` -> (`func`, `pkg/mod.py`): aggregated over
+    line numbers, paths shortened to the package or the repository."""
+    head, _, rest = frame.partition(" (")
+    where = rest.rstrip(")").rsplit(":", 1)[0]
+    where = where.split("site-packages/")[-1].split("/lib/python3")[-1].removeprefix(str(ROOT) + "/")
+    return head, where
+
+
+def count_functions(samples: list[tuple[list[str], int]]) -> tuple[int, Counter[str], Counter[str]]:
+    """(samples, self samples per function, inclusive samples per function), over the
+    Python frames of each stack (`process` and `thread` frames left out)."""
+    self_time: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for stack, count in samples:
+        frames = ["{} ({})".format(*frame_name(f)) for f in stack if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += count
+        self_time[frames[-1]] += count
+        for name in set(frames):
+            inclusive[name] += count
+    return total, self_time, inclusive
