@@ -13,8 +13,10 @@ for writes (the ingest), on cursors of their own for reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -91,31 +93,38 @@ class History:
 
     # ---- writing -----------------------------------------------------------------
 
-    def write(self, batch: Batch) -> None:
-        """One transaction: every row of the batch and the sequence it ends at."""
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor in a transaction of its own, one writer at a time: committed when the
+        block ends, rolled back when it raises."""
         with self._write_lock:
             cursor = self.cursor()
             try:
                 cursor.begin()
-                if batch.logs["idx"]:
-                    insert_columns(cursor, "logs", LOG_COLUMNS, batch.logs)
-                if batch.executions:
-                    self._write_executions(cursor, batch)
-                if batch.triggers:
-                    insert_columns(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
-                for definition in batch.definitions:
-                    _write_definition(cursor, definition)
-                cursor.execute(
-                    "INSERT INTO bd_history.ingest_state VALUES (?, ?, ?, now()) ON CONFLICT (stream) DO UPDATE SET "
-                    "committed_seq = excluded.committed_seq, updated_at = excluded.updated_at",
-                    [EVENTS_STREAM, batch.last_seq, schema.SCHEMA_VERSION],
-                )
+                yield cursor
                 cursor.commit()
             except BaseException:
                 cursor.rollback()
                 raise
             finally:
                 cursor.close()
+
+    def write(self, batch: Batch) -> None:
+        """One transaction: every row of the batch and the sequence it ends at."""
+        with self._transaction() as cursor:
+            if batch.logs["idx"]:
+                insert_columns(cursor, "logs", LOG_COLUMNS, batch.logs)
+            if batch.executions:
+                self._write_executions(cursor, batch)
+            if batch.triggers:
+                insert_columns(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
+            for definition in batch.definitions:
+                _write_definition(cursor, definition)
+            cursor.execute(
+                "INSERT INTO bd_history.ingest_state VALUES (?, ?, ?, now()) ON CONFLICT (stream) DO UPDATE SET "
+                "committed_seq = excluded.committed_seq, updated_at = excluded.updated_at",
+                [EVENTS_STREAM, batch.last_seq, schema.SCHEMA_VERSION],
+            )
 
     def _write_executions(self, cursor: duckdb.DuckDBPyConnection, batch: Batch) -> None:
         rows = [{"org": org, **execution} for (org, _), execution in batch.executions.items()]
@@ -160,19 +169,15 @@ class History:
     def record_runner(self, org: str, runner_id: str, host: str, pools: list[str], started_at: str | None,
                       seen_at: str | None) -> None:
         """A runner as its heartbeat in `bd_runners` describes it (host, pools, when seen)."""
-        with self._write_lock:
-            cursor = self.cursor()
-            try:
-                cursor.execute(
-                    "INSERT INTO bd_history.runners (org, id, host, pools, first_seen, last_seen, executions) "
-                    "VALUES (?, ?, ?, ?, TRY_CAST(? AS TIMESTAMPTZ), TRY_CAST(? AS TIMESTAMPTZ), 0) "
-                    "ON CONFLICT (org, id) DO UPDATE SET host = excluded.host, pools = excluded.pools, "
-                    "first_seen = least(runners.first_seen, excluded.first_seen), "
-                    "last_seen = greatest(runners.last_seen, excluded.last_seen)",
-                    [org, runner_id, host, pools, started_at or seen_at, seen_at],
-                )
-            finally:
-                cursor.close()
+        with self._transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO bd_history.runners (org, id, host, pools, first_seen, last_seen, executions) "
+                "VALUES (?, ?, ?, ?, TRY_CAST(? AS TIMESTAMPTZ), TRY_CAST(? AS TIMESTAMPTZ), 0) "
+                "ON CONFLICT (org, id) DO UPDATE SET host = excluded.host, pools = excluded.pools, "
+                "first_seen = least(runners.first_seen, excluded.first_seen), "
+                "last_seen = greatest(runners.last_seen, excluded.last_seen)",
+                [org, runner_id, host, pools, started_at or seen_at, seen_at],
+            )
 
     # ---- retention ---------------------------------------------------------------
 
@@ -180,32 +185,24 @@ class History:
         """Delete history older than `days` and checkpoint, so the file stops growing."""
         cutoff = datetime.now(timezone.utc) - timedelta(days=days)
         removed = {}
+        with self._transaction() as cursor:
+            old = "(SELECT org, id FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?) AS old"
+            for table in ("bd_history.logs", "bd_history.execution_actions"):
+                removed[table.split(".")[1]] = cursor.execute(
+                    f"DELETE FROM {table} USING {old} WHERE {table}.org = old.org AND {table}.execution_id = old.id",
+                    [cutoff]).fetchone()[0]
+            removed["executions"] = cursor.execute(
+                "DELETE FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?", [cutoff]).fetchone()[0]
+            removed["triggers"] = cursor.execute(
+                "DELETE FROM bd_history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
+            removed["logs"] += cursor.execute("DELETE FROM bd_history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
         with self._write_lock:
-            cursor = self.cursor()
-            try:
-                cursor.begin()
-                old = "(SELECT org, id FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?) AS old"
-                for table in ("bd_history.logs", "bd_history.execution_actions"):
-                    removed[table.split(".")[1]] = cursor.execute(
-                        f"DELETE FROM {table} USING {old} WHERE {table}.org = old.org AND {table}.execution_id = old.id",
-                        [cutoff]).fetchone()[0]
-                removed["executions"] = cursor.execute(
-                    "DELETE FROM bd_history.executions WHERE coalesce(finished_at, queued_at) < ?", [cutoff]).fetchone()[0]
-                removed["triggers"] = cursor.execute(
-                    "DELETE FROM bd_history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
-                removed["logs"] += cursor.execute("DELETE FROM bd_history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
-                cursor.commit()
-            except BaseException:
-                cursor.rollback()
-                raise
-            finally:
-                cursor.close()
             self.conn.execute("CHECKPOINT")
         return removed
 
 
-def insert_columns(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...], columns: dict[str, list[Any]],
-            suffix: str = "") -> None:
+def insert_columns(cursor: duckdb.DuckDBPyConnection, table: str, names: tuple[str, ...],
+                   columns: dict[str, list[Any]], suffix: str = "") -> None:
     """A columnar insert: one statement whatever the number of rows (DuckDB's row-at-a-time
     executemany manages under a thousand rows a second)."""
     select = ", ".join(_cast(name) for name in names)
