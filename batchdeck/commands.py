@@ -155,6 +155,11 @@ async def _list(api: ApiClient, kind: str, args: argparse.Namespace) -> Any:
         body["sort"] = args.sort
     if getattr(args, "include_deleted", False):
         body["include_deleted"] = True
+    if getattr(args, "history", False):
+        body["history"] = True
+    for name in ("since", "until"):
+        if getattr(args, name, None):
+            body[name] = getattr(args, name)
     page = await api.call(kind, "list", body)
     if args.json:
         output.print_json(page)
@@ -303,3 +308,8 @@ def _add_list(verbs: argparse._SubParsersAction, kind: str, common: argparse.Arg
     parser.add_argument("--per-page", type=int, default=50)
     if kind != "exec":
         parser.add_argument("--include-deleted", action="store_true")
+    else:
+        parser.add_argument("--history", action="store_true",
+                            help="list the store's history (every execution kept) instead of the last 7 days' live state")
+        parser.add_argument("--since", metavar="TIME", help="queued at or after this RFC 3339 time")
+        parser.add_argument("--until", metavar="TIME", help="queued before this RFC 3339 time")

@@ -14,7 +14,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from broker import codec, subjects
 from broker.errors import ApiError, Timeout, Unavailable, from_code
 
-STORE_ENDPOINTS = frozenset({("exec", "logs"), ("batch", "results"), ("history", "sql")})
+STORE_ENDPOINTS = frozenset({("exec", "logs"), ("exec", "history"), ("batch", "results"), ("history", "sql")})
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 

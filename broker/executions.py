@@ -23,12 +23,12 @@ from nats.js import JetStreamContext
 
 from broker import codec, ids, stream_tail, streams, subjects
 from broker.buckets import Buckets
-from broker.definitions import Definitions
 from broker.client import reply_error
+from broker.definitions import Definitions
 from broker.errors import Conflict, NotFound, Unavailable
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
-from broker.timestamps import now_iso, parse_iso
+from broker.timestamps import now_iso, parse_iso, request_time
 from broker.types import (
     RUNNER_ALIVE_SECONDS,
     ActionState,
@@ -38,9 +38,9 @@ from broker.types import (
     BatchTriggersRequest,
     EmptyRequest,
     ExecCancelRequest,
+    ExecListRequest,
     Execution,
     GetRequest,
-    ListRequest,
     ModuleInfo,
     Page,
     RunCommand,
@@ -282,9 +282,29 @@ class Executions:
         request = codec.decode_request(body, GetRequest)
         return await self.load(org, request.id)
 
-    async def list(self, org: str, body: bytes) -> Page:
-        request = codec.decode_request(body, ListRequest)
-        return page_of(await self.buckets.execs.scan(org), request, EXECUTION_FIELDS, default_sort="-queued_at")
+    async def list(self, org: str, body: bytes) -> Any:
+        request = codec.decode_request(body, ExecListRequest)
+        if request.history:
+            return await self._history_list(org, request)
+        since, until = (request_time(t, n) if t is not None else None
+                        for t, n in ((request.since, "since"), (request.until, "until")))
+        records = [e for e in await self.buckets.execs.scan(org)
+                   if _queued_within(e, since, until)] if since or until else await self.buckets.execs.scan(org)
+        return page_of(records, request, EXECUTION_FIELDS, default_sort="-queued_at")
+
+    async def _history_list(self, org: str, request: ExecListRequest) -> Any:
+        """The stored executions, paged by the store (`exec.history`); relayed as it answers."""
+        forwarded = msgspec.structs.asdict(request)
+        del forwarded["history"], forwarded["include_deleted"]
+        try:
+            reply = await self.nc.request(subjects.api(org, "exec", "history"), codec.encode(forwarded),
+                                          timeout=HISTORY_TIMEOUT)
+        except (NoRespondersError, NatsTimeout, asyncio.TimeoutError):
+            raise Unavailable("no store answered: the history needs a running `batchdeck store`") from None
+        error = reply_error(reply)
+        if error is not None:
+            raise error
+        return codec.decode(reply.data, dict[str, Any])
 
     # ---- cancelling --------------------------------------------------------------
 
@@ -379,6 +399,11 @@ class Executions:
         if reply_error(reply) is not None:
             return None
         return [row[0] for row in codec.decode(reply.data, dict[str, Any]).get("rows", [])]
+
+
+def _queued_within(execution: Execution, since: datetime | None, until: datetime | None) -> bool:
+    queued = parse_iso(execution.queued_at)
+    return (since is None or queued >= since) and (until is None or queued < until)
 
 
 def _check_cancellable(execution: Execution) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from broker.errors import BadRequest
+
 
 def to_iso(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 UTC with milliseconds."""
@@ -24,3 +26,11 @@ def parse_iso(text: str) -> datetime:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment
+
+
+def request_time(text: str, name: str) -> datetime:
+    """A time field of a request: parsed, or 400 naming the field."""
+    try:
+        return parse_iso(text)
+    except ValueError:
+        raise BadRequest(f"{name} {text!r} is not an RFC 3339 time") from None

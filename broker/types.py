@@ -423,6 +423,14 @@ class ListRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     include_deleted: bool = False
 
 
+class ExecListRequest(ListRequest, kw_only=True, forbid_unknown_fields=True):
+    """`exec.list`: live state by default; `history: true` asks the store (`exec.history`).
+    `since`/`until` keep executions queued in [since, until)."""
+    history: bool = False
+    since: str | None = None
+    until: str | None = None
+
+
 class TaskDeleteRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     id: Id
     force: bool = False

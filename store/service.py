@@ -1,6 +1,6 @@
 """The store service: ingests BD_EVENTS into DuckDB and answers the history API as a
 micro service of its own (`batchdeck-store`): `exec.logs`, `batch.results`,
-`history.sql`. One store per history file: DuckDB allows one writing process.
+`exec.history`, `history.sql`. One store per history file: DuckDB allows one writing process.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from nats.aio.client import Client
 from broker import codec, streams
 from broker.endpoints import Endpoints, Handler
 from broker.errors import BadRequest, NotFound
-from broker.query import page_of
-from broker.timestamps import parse_iso
-from broker.types import Id, ListRequest, Runner
-from store import sql
-from store.history import EXECUTION_COLUMNS, History
+from broker.timestamps import request_time
+from broker.types import Id, ListRequest, Page, Runner
+from store import listing, sql
+from store.history import EXECUTION_COLUMNS, JSON_COLUMNS, History
 from store.ingest import Ingest
 
 log = logging.getLogger("batchdeck.store")
@@ -32,8 +31,6 @@ MAX_LOG_LINES = 10_000
 REPLY_MARGIN = 64 * 1024
 LINE_OVERHEAD = 160
 """Bytes of JSON around each line's text in an exec.logs reply (an upper bound)."""
-MAX_RESULTS = 10_000
-"""Executions of one batch that `batch.results` pages through (newest first)."""
 
 class LogsRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     id: Annotated[str, Meta(min_length=1, max_length=64)]
@@ -48,7 +45,14 @@ class SqlRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     params: list[Any] = []
 
 
-class ResultsRequest(ListRequest, kw_only=True, forbid_unknown_fields=True):
+class HistoryRequest(ListRequest, kw_only=True, forbid_unknown_fields=True):
+    """`exec.history`: a ListRequest over the stored executions, with a time window on
+    `queued_at` (`since` inclusive, `until` exclusive)."""
+    since: str | None = None
+    until: str | None = None
+
+
+class ResultsRequest(HistoryRequest, kw_only=True, forbid_unknown_fields=True):
     id: Id
 
 
@@ -83,6 +87,7 @@ class StoreService:
         return {
             ("exec", "logs"): self.logs,
             ("batch", "results"): self.results,
+            ("exec", "history"): self.executions,
             ("history", "sql"): self.sql,
         }
 
@@ -92,12 +97,7 @@ class StoreService:
         """Stored log lines of an execution: `offset` skips lines (items have idx >
         offset), `since` keeps lines at or after a time, `order` asc or desc."""
         request = codec.decode_request(body, LogsRequest)
-        since = None
-        if request.since is not None:
-            try:
-                since = parse_iso(request.since)
-            except ValueError:
-                raise BadRequest(f"since {request.since!r} is not an RFC 3339 time") from None
+        since = request_time(request.since, "since") if request.since is not None else None
         query = ("SELECT idx, ts, level, stream, action_index, msg FROM bd_history.logs "
                  "WHERE org = ? AND execution_id = ? AND idx > ?")
         params: list[Any] = [org, request.id, request.offset]
@@ -117,21 +117,37 @@ class StoreService:
                           "msg": r[5], "execution_id": request.id})
         return {"items": items}
 
-    async def results(self, org: str, body: bytes) -> Any:
+    async def results(self, org: str, body: bytes) -> Page:
         """A batch's executions from history (Page, newest first by default)."""
         request = codec.decode_request(body, ResultsRequest)
-        columns = ", ".join(EXECUTION_COLUMNS)
-        rows = await asyncio.to_thread(
-            self._read, f"SELECT {columns} FROM bd_history.executions WHERE org = ? AND batch_id = ? "
-                        "ORDER BY queued_at DESC LIMIT ?", [org, request.id, MAX_RESULTS])
-        if not rows and not await asyncio.to_thread(self._known_batch, org, request.id):
+        query = listing.Query(org)
+        query.add("batch_id = ?", request.id)
+        result = await self._page(query, request)
+        if not result.total and not await asyncio.to_thread(self._known_batch, org, request.id):
             raise NotFound(f"batch {request.id!r} has no history", {"kind": "batch", "id": request.id})
+        return result
+
+    async def executions(self, org: str, body: bytes) -> Page:
+        """Every stored execution of the org (Page, newest first by default)."""
+        return await self._page(listing.Query(org), codec.decode_request(body, HistoryRequest))
+
+    async def _page(self, query: listing.Query, request: HistoryRequest) -> Page:
+        listing.add_filters(query, request)
+        listing.add_window(query, request.since, request.until)
+        order = listing.order_by(request, default="-queued_at")
+        columns = ", ".join(EXECUTION_COLUMNS)
+        offset = (request.page - 1) * request.per_page
+        total, rows = await asyncio.to_thread(
+            self._read_page,
+            f"SELECT count(*) FROM bd_history.executions WHERE {query.where}",
+            f"SELECT {columns} FROM bd_history.executions WHERE {query.where} ORDER BY {order} LIMIT ? OFFSET ?",
+            query.params, [request.per_page, offset])
         items = [{c: sql.plain(v) for c, v in zip(EXECUTION_COLUMNS, row, strict=True)} for row in rows]
         for item in items:
-            for name in ("result", "context"):
+            for name in JSON_COLUMNS:
                 if isinstance(item[name], str):
                     item[name] = codec.decode(item[name].encode(), Any)
-        return page_of(items, request, frozenset(EXECUTION_COLUMNS), default_sort="-queued_at")
+        return listing.page(total, request, items)
 
     async def sql(self, org: str, body: bytes) -> dict[str, Any]:
         request = codec.decode_request(body, SqlRequest)
@@ -146,6 +162,15 @@ class StoreService:
         cursor = self.history.cursor()
         try:
             return cursor.execute(query, params).fetchall()
+        finally:
+            cursor.close()
+
+    def _read_page(self, count: str, select: str, params: list[Any], paging: list[Any]
+                   ) -> tuple[int, list[tuple[Any, ...]]]:
+        cursor = self.history.cursor()
+        try:
+            (total,) = cursor.execute(count, params).fetchone() or (0,)
+            return total, cursor.execute(select, params + paging).fetchall()
         finally:
             cursor.close()
 

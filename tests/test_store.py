@@ -565,6 +565,66 @@ async def test_batch_results_orders_runs_of_one_second_by_time(stack):
     assert [item["id"] for item in by_end["items"]] == ["next-second", "half-past", "on-the-second"]
 
 
+async def test_exec_history_lists_stored_runs_by_filter_window_sort_and_page_and_exec_list_relays_it(stack):
+    """Runs older than the live state's 7 days are listed from the store, with the live
+    list's filter, sort and paging, a window on `queued_at`, and only the caller's org."""
+    old = {"jan-ok": ("2026-01-05T10:00:00.000Z", "succeeded", 40, ACME),
+           "jan-failed": ("2026-01-05T11:00:00.000Z", "failed", None, ACME),
+           "feb-lost": ("2026-02-01T00:00:00.000Z", "lost", 7, ACME),
+           "other-org": ("2026-01-05T12:00:00.000Z", "failed", 1, "globex")}
+    for execution_id, (queued_at, status, duration, org) in old.items():
+        state = {"id": execution_id, "org": org, "batch_id": "nightly", "name": "nightly", "status": status,
+                 "queued_at": queued_at, "finished_at": queued_at, "duration_ms": duration, "version": 3}
+        await stack.js.publish(f"bd.{org}.evt.exec.{execution_id}.state", json.dumps(state).encode())
+    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
+    api = stack.api()
+
+    async def ids(verb: str = "history", **body: Any) -> list[str]:
+        page = await api.call("exec", verb, body)
+        assert page["total"] == len(page["items"]) or body.get("per_page"), page
+        return [item["id"] for item in page["items"]]
+
+    assert await ids() == ["feb-lost", "jan-failed", "jan-ok"]
+    assert await ids(sort="queued_at") == ["jan-ok", "jan-failed", "feb-lost"]
+    assert await ids(filter={"status": ["failed", "lost"]}) == ["feb-lost", "jan-failed"]
+    assert await ids(filter={"duration_ms": None}) == ["jan-failed"]
+    assert await ids(filter={"duration_ms": 40.0}) == ["jan-ok"]
+    assert await ids(filter={"duration_ms": True}) == []  # booleans never equal numbers
+    assert await ids(filter={"status": []}) == []
+    assert await ids(filter={"queued_at": "2026-01-05T11:00:00+00:00"}) == ["jan-failed"]
+    assert await ids(since="2026-01-05T10:30:00Z", until="2026-02-01T00:00:00Z") == ["jan-failed"]
+    assert await ids(sort="-duration_ms") == ["jan-ok", "feb-lost", "jan-failed"]  # nulls last
+    second = await api.call("exec", "history", {"per_page": 2, "page": 2})
+    assert ([i["id"] for i in second["items"]], second["total"], second["pages"]) == (["jan-ok"], 3, 2)
+
+    # exec.list answers from live state unless asked for the history, which it relays.
+    task = await stack.task(name="queued-only", command=sh("true"))
+    live_id = (await api.call("task", "start", {"id": task["id"]}))["execution_id"]
+    assert await ids("list") == [live_id]
+    hour = timedelta(hours=1)
+    assert await ids("list", since=to_iso(datetime.now(UTC) - hour)) == [live_id]
+    assert await ids("list", since=to_iso(datetime.now(UTC) + hour)) == []
+    assert await ids("list", until=to_iso(datetime.now(UTC) - hour)) == []
+    relayed = await api.call("exec", "list", {"history": True, "filter": {"status": "failed"}})
+    assert [i["id"] for i in relayed["items"]] == ["jan-failed"] and relayed["items"][0]["org"] == ACME
+    assert await ids("list", history=True, since="2026-02-01T00:00:00Z") == ["feb-lost"]
+    assert [i["id"] for i in (await stack.api("globex").call("exec", "history", {}))["items"]] == ["other-org"]
+    code, out, err = await batchdeck(stack, "exec", "list", "--history", "--until", "2026-02-01T00:00:00Z",
+                                     "--filter", "status=failed", "--json")
+    assert code == 0, err
+    assert [i["id"] for i in json.loads(out)["items"]] == ["jan-failed"]
+
+    await expect_error(400, api.call("exec", "history", {"filter": {"nope": 1}}))
+    await expect_error(400, api.call("exec", "history", {"sort": "-nope"}))
+    await expect_error(400, api.call("exec", "history", {"filter": {"status": {"$ne": 1}}}))
+    await expect_error(400, api.call("exec", "list", {"history": True, "since": "last tuesday"}))
+    await expect_error(400, api.call("exec", "list", {"until": "soon"}))
+    await expect_error(400, api.call("exec", "history", {"history": True}))
+
+    await stack.stop_store()
+    await expect_error(503, api.call("exec", "list", {"history": True}))
+
+
 # ---- history.sql --------------------------------------------------------------------
 
 REFUSED = {
