@@ -42,7 +42,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import duckdb
@@ -64,6 +63,8 @@ from broker.types import LogLine
 from store import schema, sql
 from store.history import History
 from store.ingest import CONSUMER, FETCH, Ingest
+from store.puller import Puller
+from store.raw_inbox import RawMessage
 
 ORG = "bench"
 OTHER_ORG = "bench_other"
@@ -308,7 +309,9 @@ class Profile:
 PROFILE_PARTS = (  # (part, frames that put a sample in it); the first part that matches wins
     ("DuckDB write (History.write, in a worker thread)", ("History.write",)),
     ("decode into columns (Ingest._batch, msgspec)", ("Ingest._batch", "Ingest._add")),
-    ("ack", ("Msg.ack",)),
+    ("ack", ("Msg.ack", "Puller.ack")),
+    ("store.raw_inbox: framing socket reads into raw messages; store.puller",
+     ("_RawParser._frame", "_RawParser._deliver", "_message_line", "Puller._on_messages")),
     ("nats-py socket read and parse (Parser.parse, headers, Msg objects)",
      ("Client._read_loop", "Parser.parse", "Client._process_msg", "Client._process_headers",
       "Client._parse_header_lines", "Client._build_message")),
@@ -437,12 +440,32 @@ async def reference_pull(nc: Client, js: JetStreamContext, lines: int, server_pi
         await js.delete_consumer(streams.EVENTS, name)
 
 
+async def reference_puller(nc: Client, js: JetStreamContext, lines: int, server_pid: int) -> Reference:
+    """The store's reader itself: `store.puller.Puller` (raw inbox, the next request sent
+    before a batch is handed on) and one ack per batch: no decode, no DuckDB."""
+    name = "bench_puller"
+    await _reference_consumer(js, name)
+    puller = Puller(nc, streams.EVENTS, name, FETCH)
+    await puller.start()
+    try:
+        got, began, cpu, server = 0, time.perf_counter(), time.process_time(), cpu_seconds(server_pid) or 0.0
+        while got < lines:
+            messages = await puller.next_batch()
+            got += len(messages)
+            if messages:
+                await puller.ack(messages[-1])
+        return Reference(f"store.puller ({FETCH}-line pulls, raw inbox) + ack", got, time.perf_counter() - began,
+                         time.process_time() - cpu, (cpu_seconds(server_pid) or 0.0) - server)
+    finally:
+        await puller.stop()
+        await js.delete_consumer(streams.EVENTS, name)
+
+
 def reference_write(path: Path, lines: int) -> Reference:
     """The store's own work without NATS: `Ingest._batch` (decode into columns) and
     `History.write` of FETCH-line batches, in this process."""
     source = LineSource(INGEST_EXECUTIONS, seed=0)
-    messages = [SimpleNamespace(subject=subject, data=payload, headers=headers,
-                                metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq)))
+    messages = [_raw_message(seq, subject, payload, headers)
                 for seq, (subject, payload, headers) in enumerate(source.take(lines), start=1)]
     history = History(path)
     ingest = Ingest(None, history)  # type: ignore[arg-type]  # no NATS: only its decoding is used
@@ -456,8 +479,16 @@ def reference_write(path: Path, lines: int) -> Reference:
         history.close()
 
 
+def _raw_message(seq: int, subject: str, payload: bytes, headers: dict[str, str]) -> RawMessage:
+    """A line as `store.raw_inbox` hands it to the ingest."""
+    reply = f"$JS.ACK.{streams.EVENTS}.{CONSUMER}.1.{seq}.{seq}.0.0".encode()
+    block = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+    return subject.encode(), reply, block, payload
+
+
 async def references(nc: Client, js: JetStreamContext, server_pid: int, work: Path, lines: int) -> list[Reference]:
     return [await reference_fetch(js, lines, server_pid), await reference_pull(nc, js, lines, server_pid),
+            await reference_puller(nc, js, lines, server_pid),
             await asyncio.to_thread(reference_write, work / "reference.duckdb", lines)]
 
 

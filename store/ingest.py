@@ -6,6 +6,11 @@ take a batch, write it in one transaction that also records the sequence of its 
 begin right after the committed sequence, so events that were written but not acked
 (a crash between commit and ack) are not read again, and events that were read but
 not written (a crash before the commit) are.
+
+The read is the costly half: the messages arrive as raw bytes (`store.raw_inbox`), the
+stream sequence is read from the ack subject of the first and last message of a batch
+only, and the log lines of a batch, most of its events, are decoded in one msgspec
+call; the org and execution of lines come from their subjects, kept as runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from broker.timestamps import parse_iso
 from broker.types import DefinitionEvent, Execution, LogLine
 from store.history import Batch, History
 from store.puller import Puller
+from store.raw_inbox import DATA, HEADERS, REPLY, SUBJECT, RawMessage, header
 
 log = logging.getLogger("batchdeck.store")
 
@@ -33,6 +39,9 @@ CONSUMER = "store_history"
 FETCH = 5000
 ACK_WAIT = 300.0
 TRACE_OFF = "false"
+TRACE_HEADER = subjects.TRACE_HEADER.encode()
+ACK_V1_TOKENS = 9
+ACK_V2_MIN_TOKENS = 11
 
 
 # Events are decoded into the contract's types: anything that reaches the database has
@@ -53,6 +62,7 @@ class Ingest:
         self.committed = 0
         self.events = 0
         self.skipped = 0
+        self.puller: Puller | None = None
 
     async def run(self) -> None:
         """Ingest until cancelled; NATS trouble is retried."""
@@ -68,7 +78,7 @@ class Ingest:
     async def _consume(self) -> None:
         self.committed = await asyncio.to_thread(self.history.committed_seq)
         await self._reset_consumer(self.committed + 1)
-        puller = Puller(self.nc, streams.EVENTS, CONSUMER, self.fetch)
+        puller = self.puller = Puller(self.nc, streams.EVENTS, CONSUMER, self.fetch)
         await puller.start()
         try:
             while True:
@@ -80,7 +90,7 @@ class Ingest:
                     await asyncio.to_thread(self.history.write, batch)
                     self.committed = batch.last_seq
                     self.events += batch.events
-                await messages[-1].ack()
+                await puller.ack(messages[-1])
         finally:
             await puller.stop()
 
@@ -106,25 +116,24 @@ class Ingest:
             max_ack_pending=-1, max_waiting=4,
         ))
 
-    def _batch(self, messages: list[Any]) -> Batch:
+    def _batch(self, messages: list[RawMessage]) -> Batch:
         batch = Batch()
-        first, last = messages[0].metadata.sequence.stream, messages[-1].metadata.sequence.stream
+        first, last = _stream_seq(messages[0]), _stream_seq(messages[-1])
         # Read in order from the committed sequence on, a batch holds no replay unless it
         # starts at or before it (a redelivery after ack_wait): only then look at each.
-        replayed = first <= self.committed
+        if first <= self.committed:
+            messages = [m for m in messages if _stream_seq(m) > self.committed]
         lines = _Lines()
-        for msg in messages:
-            if replayed and msg.metadata.sequence.stream <= self.committed:
-                continue
-            headers = msg.headers
-            if headers and headers.get(subjects.TRACE_HEADER) == TRACE_OFF:
+        for message in messages:
+            if TRACE_HEADER in message[HEADERS] and header(message, TRACE_HEADER) == TRACE_OFF:
                 self.skipped += 1
                 continue
-            org, kind, execution_id, what = _route(msg.subject)
-            if kind == "exec" and what == "log":
-                lines.add(org, execution_id, msg.data)  # decoded together below: most events are log lines
+            route = _route(message[SUBJECT])
+            if route[1] == "exec" and route[3] == "log":
+                lines.add(route, message[DATA])  # decoded together below: most events are log lines
             else:
-                self._add(batch, msg.subject, org, kind, what, msg.data)
+                org, kind, _, what = route
+                self._add(batch, message[SUBJECT].decode(errors="replace"), org, kind, what, message[DATA])
         batch.events += lines.into(batch.logs)
         batch.last_seq = last
         return batch
@@ -145,28 +154,46 @@ class Ingest:
         batch.events += 1
 
 
+def _stream_seq(message: RawMessage) -> int:
+    """The stream sequence in a JetStream reply subject: `$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream seq>.<consumer seq>.<time>.<pending>`, or from nats-server 2.10
+    on possibly `$JS.ACK.<domain>.<account hash>.<stream>...<pending>.<token>` (two
+    tokens more in front, one or more behind)."""
+    tokens = message[REPLY].split(b".")
+    if len(tokens) == ACK_V1_TOKENS:
+        return int(tokens[5])
+    if len(tokens) >= ACK_V2_MIN_TOKENS and tokens[:2] == [b"$JS", b"ACK"]:
+        return int(tokens[7])
+    raise ValueError(f"not a JetStream message: reply subject {message[REPLY]!r}")
+
+
 @functools.lru_cache(maxsize=65536)
-def _route(subject: str) -> tuple[str, str, str | None, str | None]:
+def _route(subject: bytes) -> tuple[str, str, str | None, str | None]:
     """(org, kind, execution id, what) of `bd.{org}.evt.{kind}...`; cached, since a
     batch holds many lines of few executions."""
-    tokens = subject.split(".")
+    tokens = subject.decode(errors="replace").split(".")
     if tokens[3] == "exec" and len(tokens) == 6:
         return tokens[1], "exec", tokens[4], tokens[5]
     return tokens[1], tokens[3], None, None
 
 
 class _Lines:
-    """Log events of a batch, decoded in one call (one JSON array) instead of one each."""
+    """Log events of a batch, decoded in one call (one JSON array) instead of one each.
+    A runner sends the lines of an execution in chunks, so the org and execution of
+    consecutive lines are kept as runs: (route, count)."""
 
     def __init__(self) -> None:
-        self.orgs: list[str] = []
-        self.executions: list[str] = []
         self.bodies: list[bytes] = []
+        self.routes: list[tuple[str, str, str | None, str | None]] = []
+        self.counts: list[int] = []
 
-    def add(self, org: str, execution_id: str, data: bytes) -> None:
-        self.orgs.append(org)
-        self.executions.append(execution_id)
+    def add(self, route: tuple[str, str, str | None, str | None], data: bytes) -> None:
         self.bodies.append(data)
+        if self.routes and self.routes[-1] is route:  # _route is cached: one tuple per subject
+            self.counts[-1] += 1
+        else:
+            self.routes.append(route)
+            self.counts.append(1)
 
     def into(self, logs: dict[str, list[Any]]) -> int:
         if not self.bodies:
@@ -175,16 +202,23 @@ class _Lines:
             lines: list[LogLine | None] = _decode_lines(b"[" + b",".join(self.bodies) + b"]")
         except (msgspec.DecodeError, msgspec.ValidationError):
             lines = [_line_or_none(body) for body in self.bodies]  # find the bad one(s), keep the rest
-        kept = [(o, e, line) for o, e, line in zip(self.orgs, self.executions, lines, strict=True) if line]
-        logs["org"] += [o for o, _, _ in kept]
-        logs["execution_id"] += [e for _, e, _ in kept]
-        logs["idx"] += [line.idx for _, _, line in kept]
-        logs["ts"] += [line.ts for _, _, line in kept]
-        logs["level"] += [line.level for _, _, line in kept]
-        logs["stream"] += [line.stream for _, _, line in kept]
-        logs["action_index"] += [line.action_index for _, _, line in kept]
-        logs["msg"] += [line.msg for _, _, line in kept]
-        return len(kept)
+        orgs: list[str] = []
+        executions: list[str] = []
+        for (org, _, execution_id, _), count in zip(self.routes, self.counts, strict=True):
+            orgs += [org] * count
+            executions += [execution_id] * count
+        if None in lines:
+            kept = [i for i, line in enumerate(lines) if line is not None]
+            orgs, executions, lines = [orgs[i] for i in kept], [executions[i] for i in kept], [lines[i] for i in kept]
+        logs["org"] += orgs
+        logs["execution_id"] += executions
+        logs["idx"] += [line.idx for line in lines]
+        logs["ts"] += [line.ts for line in lines]
+        logs["level"] += [line.level for line in lines]
+        logs["stream"] += [line.stream for line in lines]
+        logs["action_index"] += [line.action_index for line in lines]
+        logs["msg"] += [line.msg for line in lines]
+        return len(lines)
 
 
 def _line_or_none(body: bytes) -> LogLine | None:

@@ -1,20 +1,26 @@
-"""Pull requests answered into one callback subscription: the store's read of BD_EVENTS.
+"""Pull requests answered into one raw subscription: the store's read of BD_EVENTS.
 
 nats-py's `PullSubscription.fetch(n)` waits for each message with `next_msg`, which
-costs two tasks, a timer and a uuid per message: about 50 us of CPU a line, most of
-the store's time. Here the messages of a pull request land in a callback that only
-appends them to a list, and the next request is sent before the current batch is
-written, so reading and writing overlap.
+costs two tasks, a timer and a uuid per message; even a callback subscription costs a
+Msg, a parsed header dict, a queue hop and a coroutine per message. Here the messages
+of a pull request arrive as tuples of bytes, every message of a socket read at once
+(`store.raw_inbox`). `ahead` requests are kept open while a batch is written: the
+server sends the next batches meanwhile instead of waiting for the store's next
+request, so reading and writing overlap (the consumer allows 4 waiting requests).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from collections import deque
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
+
+from store.raw_inbox import REPLY, RawMessage, RawSubscription, status
+
+
+ACK_PREFIX = b"$JS.ACK."
 
 
 class PullFailed(Exception):
@@ -22,54 +28,79 @@ class PullFailed(Exception):
 
 
 class Puller:
-    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, expires: float = 1.0) -> None:
+    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, expires: float = 1.0,
+                 ahead: int = 2) -> None:
         self.nc = nc
+        self.ahead = ahead
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.batch = batch
         self.expires = expires
-        self._inbox = nc.new_inbox()
-        self._sub: Any = None
-        self._received: list[Msg] = []
-        self._requests: list[int] = []
-        """Messages still due to each request sent, oldest first."""
+        self.inbox = RawSubscription(nc, nc.new_inbox(), self._on_messages)
+        self._received: list[RawMessage] = []
+        self._open: deque[int] = deque()
+        """Messages still due to each request that is not over, oldest first."""
+        self._ends: deque[int] = deque()
+        """Where each request that is over ends in `_received`, oldest first."""
         self._changed = asyncio.Event()
         self._error: str | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self._inbox, cb=self._on_message, pending_msgs_limit=-1,
-                                            pending_bytes_limit=-1)
-        await self._request()
+        await self.inbox.start()
+        for _ in range(self.ahead):
+            await self._request()
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        await self.inbox.stop()
 
-    async def next_batch(self) -> list[Msg]:
-        """The messages of the oldest request (up to `batch`; fewer when it expired),
-        asking for the next batch at once. Empty when nothing came."""
-        while self._requests and self._requests[0] > 0 and self._error is None:
+    async def next_batch(self) -> list[RawMessage]:
+        """The stream messages of the oldest request (up to `batch`; fewer when it
+        expired), asking for the next batch at once. Empty when nothing came."""
+        while not self._ends and self._error is None:
             self._changed.clear()
             await self._changed.wait()
         if self._error is not None:
             raise PullFailed(self._error)
-        self._requests.pop(0)
-        messages, self._received = self._received, []
+        end = self._ends.popleft()
+        messages = self._received[:end]
+        del self._received[:end]
+        self._ends = deque(e - end for e in self._ends)
         await self._request()
         return messages
 
-    async def _request(self) -> None:
-        self._requests.append(self.batch)
-        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
-        await self.nc.publish(self.subject, body, reply=self._inbox)
+    async def ack(self, message: RawMessage) -> None:
+        """Acknowledge `message` and, AckPolicy.ALL, every message before it."""
+        await self.nc.publish(message[REPLY].decode())
 
-    async def _on_message(self, msg: Msg) -> None:
-        status = msg.headers.get("Status") if msg.headers and not msg.data else None
-        if status is None:
-            self._received.append(msg)
-            self._requests[0] -= 1
-        elif status in ("404", "408"):  # no (more) messages before the request expired: it is over
-            self._requests[0] = 0
-        elif status != "100":  # 100: idle heartbeat
-            self._error = f"{status} {msg.headers.get('Description', '')}".strip()
-        if self._requests[0] <= 0 or self._error is not None:
+    async def _request(self) -> None:
+        self._open.append(self.batch)
+        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
+        await self.nc.publish(self.subject, body, reply=self.inbox.subject)
+
+    def _on_messages(self, messages: list[RawMessage]) -> None:
+        for message in messages:
+            if message[REPLY].startswith(ACK_PREFIX):  # a stream message; statuses have no ack subject
+                self._received.append(message)
+                self._count_one()
+            else:
+                self._on_status(status(message))
+        if self._ends or self._error is not None:
             self._changed.set()
+
+    def _count_one(self) -> None:
+        if not self._open:
+            return  # not asked for (cannot happen): kept, returned with the next request's
+        self._open[0] -= 1
+        if self._open[0] == 0:
+            self._end_request()
+
+    def _on_status(self, code_description: tuple[str, str] | None) -> None:
+        code, description = code_description or ("", "not a status")
+        if code in ("404", "408"):  # no (more) messages before the request expired: it is over
+            if self._open:
+                self._end_request()
+        elif code != "100":  # 100: idle heartbeat
+            self._error = f"{code} {description}".strip()
+
+    def _end_request(self) -> None:
+        self._open.popleft()
+        self._ends.append(len(self._received))
