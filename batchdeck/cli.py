@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--retain-days", type=float, default=None, metavar="N",
                        help="remove history older than N days (checked hourly; default: keep everything)")
 
+    sub.add_parser("tui", parents=[common], help="open the terminal dashboard on a running system")
+
     commands.add_parsers(sub, common)
     history.add_parsers(sub, common)
     export.add_parser(sub, common)
@@ -158,6 +160,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     elif args.command == "scheduler":
         await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name)
+    elif args.command == "tui":
+        from tui.run import run_dashboard  # Textual loads only for the dashboard: other commands start faster
+
+        await run_dashboard(_connect_options(args, "batchdeck-tui"), args.org)
     elif args.command == "store":
         await supervisor.run_store(_connect_options(args, "batchdeck-store"), args.db, args.retain_days)
     else:

@@ -96,18 +96,26 @@ async def run_store(options: ConnectOptions, db: Path, retain_days: float | None
         await nc.drain()
 
 
-def start_runner_processes(url: str, org: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """`count` runner processes (their logs go to our stderr)."""
+def start_runner_processes(url: str, org: str, count: int, log_file: Path | None = None
+                           ) -> list[subprocess.Popen[bytes]]:
+    """`count` runner processes; their logs go to `log_file`, else to our stderr."""
     # Own sessions: a Ctrl-C in the terminal reaches `up` only, which then stops the
     # runners in order (drain, hand back) instead of them dying mid-drain.
-    return [
-        subprocess.Popen([sys.executable, "-m", "batchdeck", "runner", "--nats", url, "--org", org],
-                         stdin=subprocess.DEVNULL, start_new_session=True)
-        for _ in range(count)
-    ]
+    sink = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115 - the children hold it
+    try:
+        return [
+            subprocess.Popen([sys.executable, "-m", "batchdeck", "runner", "--nats", url, "--org", org],
+                             stdin=subprocess.DEVNULL, stdout=sink, stderr=sink, start_new_session=True)
+            for _ in range(count)
+        ]
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 HISTORY_FILE = "history.duckdb"
+LOG_FILE = "batchdeck.log"
+"""Where `up` with the dashboard sends the services' and runners' logs."""
 RUNNER_STOP_TIMEOUT = 60.0
 """Seconds runners get to stop: their drain (30 s) and cancel grace (10 s), with room."""
 
@@ -149,6 +157,8 @@ async def run_up(
     data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int
 ) -> None:
     """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
+    if not headless:
+        _log_to_file(data_dir / LOG_FILE)  # the dashboard owns the terminal
     server = EmbeddedServer(data_dir, port=port, host=host)
     await server.astart()
     nc = plane = scheduler = store = None
@@ -161,12 +171,15 @@ async def run_up(
         await scheduler.start()
         store = StoreService(nc, data_dir / HISTORY_FILE)
         await store.start()
-        workers = start_runner_processes(server.url, org, runners)
+        workers = start_runner_processes(server.url, org, runners, None if headless else data_dir / LOG_FILE)
         if seed_demo:
             created = await demo.seed(ApiClient(nc, org))
             output.console.print(f"demo: {created} definitions created in org {org!r}", highlight=False)
         _print_banner(server, data_dir, org, headless, runners)
-        await wait_for_stop_signal()
+        if headless:
+            await wait_for_stop_signal()
+        else:
+            await _dashboard_until_quit(server.url, org)
         output.console.print("stopping…")
     finally:
         if scheduler is not None:
@@ -190,6 +203,33 @@ def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bo
     console.print("  scheduler 1 replica", highlight=False)
     console.print(f"  history   {data_dir / HISTORY_FILE} (batchdeck sql \"SELECT * FROM task_stats\")", highlight=False)
     console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
-    if not headless:
-        console.print("  [dim]the terminal dashboard is not part of this build yet; running headless[/dim]")
-    console.print("Ctrl-C stops everything.")
+    if headless:
+        console.print("Ctrl-C stops everything.")
+    else:
+        console.print(f"  logs      {data_dir / LOG_FILE}", highlight=False)
+        console.print("Opening the dashboard; q there stops everything.")
+
+
+def _log_to_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    formatter = next((h.formatter for h in root.handlers if h.formatter is not None), None)
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(formatter or logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+async def _dashboard_until_quit(url: str, org: str) -> None:
+    """The dashboard on its own connection, as any client; SIGTERM also ends it."""
+    from tui.run import make_dashboard  # Textual loads only when the dashboard opens
+
+    app = make_dashboard(ConnectOptions(url=url, name="batchdeck-tui"), org)
+    dashboard = asyncio.ensure_future(app.run_async())
+    signal_ = asyncio.ensure_future(wait_for_stop_signal())
+    await asyncio.wait({dashboard, signal_}, return_when=asyncio.FIRST_COMPLETED)
+    if not dashboard.done():
+        app.exit()  # the terminal is given back in order
+        await dashboard
+    signal_.cancel()

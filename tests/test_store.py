@@ -441,6 +441,24 @@ async def test_kill_9_in_the_middle_of_a_burst_loses_and_doubles_no_line(bare_st
     assert store.returncode == 0, log.read_text()[-3000:]
 
 
+async def test_the_ingest_reads_events_as_raw_bytes_not_through_nats_py_message_objects(stack):
+    """store.raw_inbox wraps nats-py's private protocol parser (`Client._ps`); should a
+    nats-py release change it, the ingest still works, through nats-py's Msg objects,
+    but several times slower. This test is what notices."""
+    execution_id = f"raw-{uuid.uuid4().hex[:12]}"
+    await stack.publish_lines(ACME, execution_id, 2000)
+
+    async def all_stored() -> bool:
+        rows = await stack.sql("SELECT count(*) AS n, count(DISTINCT idx) AS d FROM logs WHERE execution_id = ?",
+                               [execution_id])
+        return rows == [{"n": 2000, "d": 2000}]
+
+    await wait_until(all_stored, 20, what="the 2000 lines stored")
+    inbox = stack.store.ingest.puller.inbox
+    assert inbox.converted == 0, "events came through nats-py's Msg path: store.raw_inbox's hook is not called"
+    assert inbox.raw >= 2000
+
+
 # ---- exec.logs and batch.results ----------------------------------------------------
 
 

@@ -1,0 +1,2 @@
+"""The batchdeck dashboard: a Textual app that is a NATS client only (API requests, KV
+watches, event subscriptions)."""

@@ -1,0 +1,190 @@
+"""The dashboard application: one NATS connection, the org's live state, the screens.
+
+The app owns the connection and says in the header what state it is in. It connects
+in a worker that keeps trying, so the dashboard opens at once even when the server is
+not there yet; after a reconnect the live state is loaded again (KV watches re-made).
+Changes from NATS are coalesced: screens repaint at most every REFRESH seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from nats.aio.client import Client
+from textual import work
+from textual.app import App
+from textual.binding import Binding
+from textual.reactive import reactive
+
+from broker.client import ApiClient
+from broker.connect import ConnectOptions, connect
+from broker.errors import ApiError
+from tui.commands import BatchdeckCommands
+from tui.live import Kind, LiveState
+from tui.messages import LiveChanged
+from tui.screens.help import HelpScreen, binding_rows
+from tui.screens.history import HistoryScreen
+from tui.screens.main import MainScreen
+from tui.screens.runners import RunnersScreen
+from tui.screens.tasks import TasksScreen
+
+REFRESH = 0.15
+"""Seconds between repaints while changes stream in."""
+RETRY_CONNECT = 2.0
+
+
+class BatchdeckApp(App[None]):
+    TITLE = "batchdeck"
+    CSS_PATH = "app.tcss"
+    COMMANDS = App.COMMANDS | {BatchdeckCommands}
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit"),
+        Binding("ctrl+c", "quit", "Quit", show=False, priority=True, id="quit-ctrl-c"),
+        Binding("question_mark", "help", "Help", id="help"),
+        Binding("t", "show_tasks", "Tasks", id="tasks"),
+        Binding("r", "show_runners", "Runners", id="runners"),
+        Binding("h", "show_history", "History", id="history"),
+    ]
+
+    connection: reactive[str] = reactive("connecting")
+    """connecting, connected, reconnecting, unreachable: … — shown in every header."""
+
+    def __init__(self, options: ConnectOptions, org: str, *, clock: Callable[[], datetime] | None = None,
+                 nc: Client | None = None, server_label: str | None = None) -> None:
+        """`nc`: an open connection to use instead of making one. `clock` and `server_label`
+        (the header's server name) make the screens reproducible for snapshots."""
+        super().__init__()
+        self.server_label = server_label
+        self.options = options
+        self.org = org
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.nc: Client | None = nc
+        self._own_connection = nc is None
+        self.api: ApiClient | None = ApiClient(nc, org) if nc is not None else None
+        self.live: LiveState | None = None
+        self._pending: set[Kind] = set()
+        self._flush_scheduled = False
+
+    @property
+    def main_screen(self) -> MainScreen:
+        return next(s for s in self.screen_stack if isinstance(s, MainScreen))
+
+    @property
+    def server(self) -> str:
+        if self.server_label is not None:
+            return self.server_label
+        return self.options.url.split(",")[0].rsplit("@", 1)[-1]  # never show a password
+
+    def on_mount(self) -> None:
+        self.push_screen(MainScreen())
+        self._connect()
+
+    # ---- connection ------------------------------------------------------------------
+
+    @work(exclusive=True, group="connect")
+    async def _connect(self) -> None:
+        if self.nc is None:
+            while True:
+                try:
+                    self.nc = await connect(self.options, service=True, disconnected_cb=self._on_disconnected,
+                                            reconnected_cb=self._on_reconnected, error_cb=self._on_error,
+                                            closed_cb=self._on_closed)
+                    break
+                except Exception as err:  # nats-py raises several unrelated types for "cannot connect"
+                    self.connection = f"unreachable: {err or type(err).__name__}"
+                    await asyncio.sleep(RETRY_CONNECT)
+            self.api = ApiClient(self.nc, self.org)
+        self.live = LiveState(self.api, self._changed)
+        await self.live.start()
+        self.connection = "connected"
+        self._changed("batches")
+
+    async def _on_disconnected(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            self.connection = "reconnecting"
+
+    async def _on_reconnected(self) -> None:
+        self.connection = "connected"
+        self.notify("Connection to NATS is back; live state reloaded", title="reconnected")
+        self._resync()
+
+    async def _on_error(self, err: Exception) -> None:
+        pass  # the connection state says what matters; details would only be noise here
+
+    async def _on_closed(self) -> None:
+        self.connection = "closed"
+
+    @work(exclusive=True, group="resync")
+    async def _resync(self) -> None:
+        if self.live is not None:
+            await self.live.resync()
+
+    async def on_unmount(self) -> None:
+        if self.live is not None:
+            await self.live.stop()
+        if self._own_connection and self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    # ---- live changes, coalesced -----------------------------------------------------
+
+    def _changed(self, kind: Kind) -> None:
+        self._pending.add(kind)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.set_timer(REFRESH, self._flush)
+
+    def _flush(self) -> None:
+        kinds, self._pending, self._flush_scheduled = frozenset(self._pending), set(), False
+        if self.screen_stack:  # none while the app shuts down
+            self.screen.post_message(LiveChanged(kinds))
+
+    def on_screen_resume(self) -> None:
+        self._changed("batches")
+
+    # ---- API calls from screens --------------------------------------------------------
+
+    async def call(self, resource: str, verb: str, body: Any = None, *, quiet: bool = False) -> Any | None:
+        """An API request; an error becomes a notification and None (the app never crashes on it)."""
+        if self.api is None:
+            self.notify("Not connected to NATS yet", severity="warning")
+            return None
+        try:
+            return await self.api.call(resource, verb, body)
+        except ApiError as err:
+            if not quiet:
+                self.notify(err.message, title=f"{resource}.{verb}: error {err.code}", severity="error", timeout=8)
+            return None
+
+    # ---- navigation --------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(binding_rows(self.screen)))
+
+    def action_show_tasks(self) -> None:
+        self._open(TasksScreen, TasksScreen)
+
+    def action_show_runners(self) -> None:
+        self._open(RunnersScreen, RunnersScreen)
+
+    def action_show_history(self) -> None:
+        if self.api is None:
+            self.notify("Not connected to NATS yet", severity="warning")
+        else:
+            api = self.api
+            self._open(HistoryScreen, lambda: HistoryScreen(api))
+
+    def action_show_main(self) -> None:
+        self._open(MainScreen, None)
+
+    def _open(self, kind: type, make: Callable[[], Any] | None) -> None:
+        """Go to a top-level screen: back to the main one, then that one on top (no stack of
+        screens growing as the user hops between them)."""
+        if isinstance(self.screen, kind):
+            return
+        while len(self.screen_stack) > 2:  # the default screen, then MainScreen
+            self.pop_screen()
+        if make is not None:
+            self.push_screen(make())
