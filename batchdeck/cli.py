@@ -173,7 +173,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
             if args.command == "sql":
                 await history.run_sql(api, args)
             elif args.command == "logs":
-                await history.run_logs(nc, api, args)
+                await history.run_logs(api, args)
             elif args.command == "export":
                 await export.run(api, args)
             else:

@@ -22,8 +22,8 @@ TASKS: list[dict[str, Any]] = [
     {
         "id": "demo-count",
         "name": "Count to five",
-        "description": "prints progress lines while it counts",
-        "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo ::progress $((i*20)) step $i; sleep 1; done"],
+        "description": "prints a line and its progress at each step",
+        "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo counting $i of 5; echo ::progress $((i*20)) step $i; sleep 1; done"],
         "timeout_sec": 60,
     },
     {
@@ -64,7 +64,11 @@ BATCHES: list[dict[str, Any]] = [
 
 
 async def seed(api: ApiClient) -> int:
-    """Create the demo definitions that are missing; return how many were created."""
+    """Create the demo definitions that are missing; return how many were created.
+
+    A batch with `run_on_startup` that is created now also starts now: the scheduler
+    fired its startup triggers before the batch existed, and a newcomer should see a
+    run at once rather than at the next minute."""
     created = 0
     for resource, items in (("task", TASKS), ("batch", BATCHES)):
         for item in items:
@@ -72,5 +76,7 @@ async def seed(api: ApiClient) -> int:
                 await api.call(resource, "create", item)
                 created += 1
             except Conflict:
-                pass
+                continue
+            if resource == "batch" and item.get("run_on_startup"):
+                await api.call("batch", "start", {"id": item["id"]})
     return created

@@ -10,7 +10,6 @@ import json
 import sys
 from typing import Any
 
-from nats.aio.client import Client
 from rich.table import Table
 from rich.text import Text
 
@@ -48,7 +47,7 @@ async def run_sql(api: ApiClient, args: argparse.Namespace) -> None:
         output.console.print(f"[dim]{len(reply['rows'])} rows[/dim]", highlight=False)
 
 
-async def run_logs(nc: Client, api: ApiClient, args: argparse.Namespace) -> None:
+async def run_logs(api: ApiClient, args: argparse.Namespace) -> None:
     """Print the stored history, then the stream's newer lines (broker.log_feed: no gap,
     no duplicate); with -f, until the run ends. `nc` is the connection `api` uses."""
     printer = _LinePrinter(args.json)

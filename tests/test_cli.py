@@ -166,6 +166,10 @@ def test_up_answers_the_api_and_keeps_definitions_across_a_restart(tmp_path: Pat
         assert {"demo-hello", "demo-count", "demo-disk"} <= names
         batches = json.loads(cli("batch", "list", "--json", url=url, org="default").stdout)["items"]
         assert {b["id"] for b in batches} >= {"demo-every-minute", "demo-nightly", "demo-workdays"}
+        # the run_on_startup demo batch runs at once, not at the next minute
+        heartbeat = json.loads(cli("exec", "list", "--filter", "batch_id=demo-every-minute", "--json",
+                                   url=url, org="default").stdout)
+        assert any(item["source"] == "manual" for item in heartbeat["items"]), heartbeat
         created = cli("task", "create", "--name", "mine", "--id", "mine", "--", "true", url=url, org="default")
         assert created.returncode == 0, created.stderr
         # its runners execute work: the demo task runs to success

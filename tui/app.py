@@ -26,7 +26,6 @@ from tui.commands import BatchdeckCommands
 from tui.live import Kind, LiveState
 from tui.messages import LiveChanged
 from tui.screens.help import HelpScreen, binding_rows
-from tui.screens.history import HistoryScreen
 from tui.screens.main import MainScreen
 from tui.screens.runners import RunnersScreen
 from tui.screens.tasks import TasksScreen
@@ -170,6 +169,8 @@ class BatchdeckApp(App[None]):
         self._open(RunnersScreen, RunnersScreen)
 
     def action_show_history(self) -> None:
+        from tui.screens.history import HistoryScreen  # plotext loads when charts are first wanted: a faster start
+
         if self.api is None:
             self.notify("Not connected to NATS yet", severity="warning")
         else:
