@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from tui import flows
+
 if TYPE_CHECKING:
     from tui.app import BatchdeckApp
 
@@ -28,26 +30,39 @@ class BatchdeckCommands(Provider):
         return self.app  # type: ignore[return-value]
 
     def _entries(self) -> list[tuple[str, Callable[[], Any], str]]:
-        entries = [(name, partial(self.app.run_action, action), help_) for name, action, help_ in GLOBAL]
-        live = self.bd_app.live
-        if live is None:
+        app = self.bd_app
+        entries = [(name, partial(app.run_action, action), help_) for name, action, help_ in GLOBAL]
+        entries += [("New batch", partial(flows.batch_form, app, None), "a form, with the next fire times as you type"),
+                    ("New task", partial(flows.task_form, app, None), "a command or a module of the runners")]
+        if app.live is None:
             return entries
-        main = self.bd_app.main_screen
-        for batch in sorted(live.batches.values(), key=lambda b: b.name.lower()):
-            if batch.deleted_at is not None:
-                continue
-            entries.append((f"Start batch: {batch.name}", partial(main.start_batch, batch.id), "run it now"))
-            toggle = "Disable" if batch.is_enabled else "Enable"
-            entries.append((f"{toggle} batch: {batch.name}", partial(main.toggle_batch, batch.id),
-                            "stop or resume its schedule"))
-        for execution in live.executions.values():
+        main = app.main_screen
+        for batch in sorted(app.live.batches.values(), key=lambda b: b.name.lower()):
+            if batch.deleted_at is None:
+                toggle = "Disable" if batch.is_enabled else "Enable"
+                entries += [
+                    (f"Start batch: {batch.name}", partial(main.start_batch, batch.id), "run it now"),
+                    (f"Start batch with context: {batch.name}", partial(flows.start_batch_form, app, batch),
+                     "a form for the run's context"),
+                    (f"{toggle} batch: {batch.name}", partial(main.toggle_batch, batch.id), "its schedule"),
+                    (f"Edit batch: {batch.name}", partial(flows.batch_form, app, batch), "schedule, actions, policies"),
+                    (f"Delete batch: {batch.name}", partial(flows.delete_batch, app, batch), "asks first"),
+                ]
+        for task in sorted(app.live.tasks.values(), key=lambda t: t.name.lower()):
+            if task.deleted_at is None:
+                entries += [
+                    (f"Start task: {task.name}", partial(flows.start_task_form, app, task), "with its parameters"),
+                    (f"Edit task: {task.name}", partial(flows.task_form, app, task), "command, module, limits"),
+                    (f"Delete task: {task.name}", partial(flows.delete_task, app, task), "asks first"),
+                ]
+        for execution in app.live.executions.values():
             if not execution.is_final:
                 entries.append((f"Cancel execution: {execution.name} {execution.id}",
                                 partial(main.cancel_execution, execution.id), execution.status))
         return entries
 
     async def discover(self) -> Hits:
-        for name, run, help_ in self._entries()[: len(GLOBAL)]:
+        for name, run, help_ in self._entries()[: len(GLOBAL) + 2]:
             yield DiscoveryHit(name, run, help=help_)
 
     async def search(self, query: str) -> Hits:

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from textual import work
 from textual.screen import Screen
 
-from tui.screens.confirm import ConfirmScreen
 from tui.widgets.live_table import LiveTable
 
 if TYPE_CHECKING:
@@ -42,10 +41,6 @@ class BatchdeckScreen(Screen[None]):
         """Request in a worker; `then(reply)` with the reply, or None after an error."""
         then(await self.bd_app.call(resource, verb, body))
 
-    def said_started(self, reply: dict[str, Any] | None) -> None:
-        if reply:
-            self.notify(f"Queued as {reply['execution_id']}", title="started")
-
     def selected(self, table: LiveTable, records: Mapping[str, T] | None, noun: str) -> T | None:
         """The record under the table's cursor, or None (and a hint to select one)."""
         key = table.selected_key
@@ -53,22 +48,3 @@ class BatchdeckScreen(Screen[None]):
             self.notify(f"Select {noun} first", severity="warning")
             return None
         return records[key]
-
-    def confirm_delete(self, kind: str, record_id: str, name: str, consequence: str,
-                       first: tuple[str, str, dict[str, Any]] | None = None) -> None:
-        """Ask, then `{kind}.delete` (after the request `first`, when given, succeeded);
-        the live state drops the row when the change arrives."""
-
-        def confirmed(yes: bool | None) -> None:
-            if yes:
-                self._delete(kind, record_id, name, first)
-
-        self.app.push_screen(ConfirmScreen(f"Delete {kind} {name}?", consequence), confirmed)
-
-    @work(group="api")
-    async def _delete(self, kind: str, record_id: str, name: str, first: tuple[str, str, dict[str, Any]] | None
-                      ) -> None:
-        if first is not None and await self.bd_app.call(*first) is None:
-            return
-        if await self.bd_app.call(kind, "delete", {"id": record_id}) is not None:
-            self.notify(f"Deleted {kind} {name}")

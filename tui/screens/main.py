@@ -10,7 +10,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,12 +17,10 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
 from broker.types import Batch, Execution
-from tui import formatting
+from tui import flows, formatting
 from tui.screens.base import BatchdeckScreen
 from tui.live import LiveState
 from tui.messages import LiveChanged
-from tui.screens.batch_form import BatchForm
-from tui.screens.start_form import StartForm
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.filter_box import FilterBox
 from tui.widgets.live_table import LiveTable, Row
@@ -148,14 +145,8 @@ class MainScreen(BatchdeckScreen):
 
     def action_start(self) -> None:
         batch = self._selected_batch()
-        if batch is None or self.bd_app.api is None:
-            return
-        api = self.bd_app.api
-
-        async def start(body: dict[str, Any]) -> dict[str, Any]:
-            return await api.call("batch", "start", {"id": batch.id, "context": body.get("context", {})})
-
-        self.app.push_screen(StartForm(f"Start batch {batch.name}", start), self.said_started)
+        if batch is not None:
+            flows.start_batch_form(self.bd_app, batch)
 
     def action_start_now(self) -> None:
         batch = self._selected_batch()
@@ -163,7 +154,7 @@ class MainScreen(BatchdeckScreen):
             self.start_batch(batch.id)
 
     def start_batch(self, batch_id: str) -> None:
-        self.call_then("batch", "start", {"id": batch_id}, self.said_started)
+        self.call_then("batch", "start", {"id": batch_id}, lambda reply: flows.said_started(self.bd_app, reply))
 
     def action_cancel(self) -> None:
         execution = self._selected_execution()
@@ -197,43 +188,21 @@ class MainScreen(BatchdeckScreen):
 
     def action_delete(self) -> None:
         batch = self._selected_batch()
-        if batch is None:
-            return
-        consequence = "Its schedule stops; its history stays in the store."
-        if batch.is_enabled:  # the API deletes only disabled batches: say so, and do both
-            self.confirm_delete("batch", batch.id, batch.name, f"It is enabled: it is disabled first. {consequence}",
-                                first=("batch", "status", {"id": batch.id, "is_enabled": False}))
-        else:
-            self.confirm_delete("batch", batch.id, batch.name, consequence)
+        if batch is not None:
+            flows.delete_batch(self.bd_app, batch)
 
     def action_new(self) -> None:
-        self._open_batch_form(None)
+        flows.batch_form(self.bd_app, None)
 
     @on(DataTable.RowSelected, "#batches")
     def _edit_batch(self) -> None:
         batch = self._selected_batch()
         if batch is not None:
-            self._open_batch_form(batch)
+            flows.batch_form(self.bd_app, batch)
 
     @on(DataTable.RowSelected, "#executions")
     def _read_log(self) -> None:
         self.query_one(LogPane).focus()
-
-    def _open_batch_form(self, batch: Batch | None) -> None:
-        live, api = self.bd_app.live, self.bd_app.api
-        if live is None or api is None:
-            self.notify("Not connected to NATS yet", severity="warning")
-            return
-        verb = "create" if batch is None else "update"
-
-        async def save(spec: dict[str, Any]) -> dict[str, Any]:
-            return await api.call("batch", verb, spec)
-
-        tasks = [{"id": t.id, "name": t.name} for t in live.tasks.values() if t.deleted_at is None]
-        current = msgspec.to_builtins(batch) if batch is not None else None
-        self.app.push_screen(BatchForm(save, current, sorted(tasks, key=lambda t: t["name"].lower())),
-                             lambda saved: saved and self.notify(f"Saved batch {saved['name']}"))
-
 
     def action_filter(self) -> None:
         focused = self.focused

@@ -4,21 +4,17 @@ form built from its module's parameters), create, edit and delete."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
-import msgspec
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer
 
-from broker.types import ModuleInfo, Task
-from tui import formatting
+from broker.types import Task
+from tui import flows, formatting
 from tui.screens.base import BatchdeckScreen
 from tui.live import LiveState
 from tui.messages import LiveChanged
-from tui.screens.start_form import StartForm
-from tui.screens.task_form import TaskForm
 from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.filter_box import FilterBox
 from tui.widgets.live_table import LiveTable, Row
@@ -65,65 +61,33 @@ class TasksScreen(BatchdeckScreen):
         self.query_one(LiveTable).set_rows([task_row(t, now) for t in tasks])
         self.query_one(ConnectionBar).set_counts(f"{len(tasks)} tasks")
 
-    def modules(self, now: datetime) -> dict[str, ModuleInfo]:
-        """The modules the org's live runners offer, by name."""
-        live = self.bd_app.live
-        found: dict[str, ModuleInfo] = {}
-        for runner in live.runners.values() if live is not None else []:
-            if formatting.runner_alive(runner.heartbeat_at, now):
-                for module in runner.modules:
-                    found.setdefault(module.name, module)
-        return found
-
     def _selected(self) -> Task | None:
         live = self.bd_app.live
         return self.selected(self.query_one(LiveTable), live and live.tasks, "a task")
 
     def action_start(self) -> None:
-        task, api = self._selected(), self.bd_app.api
-        if task is None or api is None:
-            return
-        module = self.modules(self.bd_app.clock()).get(task.module or "") if task.kind == "module" else None
-        params = [msgspec.to_builtins(p) for p in module.params] if module is not None else None
-
-        async def start(body: dict[str, Any]) -> dict[str, Any]:
-            return await api.call("task", "start", {"id": task.id, **body})
-
-        self.app.push_screen(StartForm(f"Start task {task.name}", start, params), self.said_started)
+        task = self._selected()
+        if task is not None:
+            flows.start_task_form(self.bd_app, task)
 
     def action_start_now(self) -> None:
         task = self._selected()
         if task is not None:
-            self.call_then("task", "start", {"id": task.id}, self.said_started)
+            self.call_then("task", "start", {"id": task.id}, lambda reply: flows.said_started(self.bd_app, reply))
 
     def action_new(self) -> None:
-        self._open_form(None)
+        flows.task_form(self.bd_app, None)
 
     @on(DataTable.RowSelected)
     def action_edit(self) -> None:
         task = self._selected()
         if task is not None:
-            self._open_form(task)
-
-    def _open_form(self, task: Task | None) -> None:
-        api = self.bd_app.api
-        if api is None:
-            return
-        verb = "create" if task is None else "update"
-
-        async def save(spec: dict[str, Any]) -> dict[str, Any]:
-            return await api.call("task", verb, spec)
-
-        modules = [msgspec.to_builtins(m) for m in self.modules(self.bd_app.clock()).values()]
-        current = msgspec.to_builtins(task) if task is not None else None
-        self.app.push_screen(TaskForm(save, current, modules),
-                             lambda saved: saved and self.notify(f"Saved task {saved['name']}"))
+            flows.task_form(self.bd_app, task)
 
     def action_delete(self) -> None:
         task = self._selected()
         if task is not None:
-            self.confirm_delete("task", task.id, task.name,
-                                "Batches that use it must be changed first; its history stays.")
+            flows.delete_task(self.bd_app, task)
 
     def action_filter(self) -> None:
         self.query_one(FilterBox).open_for(self.query_one(LiveTable))
