@@ -16,6 +16,7 @@ call; the org and execution of lines come from their subjects, kept as runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from typing import Any
@@ -36,7 +37,7 @@ from store.raw_inbox import DATA, HEADERS, REPLY, SUBJECT, RawMessage, header
 log = logging.getLogger("batchdeck.store")
 
 CONSUMER = "store_history"
-FETCH = 5000
+FETCH = 20000
 ACK_WAIT = 300.0
 TRACE_OFF = "false"
 TRACE_HEADER = subjects.TRACE_HEADER.encode()
@@ -60,6 +61,8 @@ class Ingest:
         self.history = history
         self.fetch = fetch
         self.committed = 0
+        self.taken = 0
+        """The last sequence handed to a write: committed, or being written."""
         self.events = 0
         self.skipped = 0
         self.puller: Puller | None = None
@@ -76,30 +79,49 @@ class Ingest:
                 await asyncio.sleep(1.0)
 
     async def _consume(self) -> None:
-        self.committed = await asyncio.to_thread(self.history.committed_seq)
+        self.committed = self.taken = await asyncio.to_thread(self.history.committed_seq)
         await self._reset_consumer(self.committed + 1)
         puller = self.puller = Puller(self.nc, streams.EVENTS, CONSUMER, self.fetch)
         await puller.start()
+        # One batch is written (in a thread, DuckDB runs without the GIL) while the next is
+        # read and decoded here; the writes, and the acks after them, stay one at a time and
+        # in order.
+        writing: asyncio.Task[None] | None = None
         try:
             while True:
-                messages = await puller.next_batch()  # the next batch is requested meanwhile
+                messages = await _next_batch(puller, writing)  # the next batch is requested meanwhile
                 if not messages:
                     continue
                 batch = self._batch(messages)
-                if batch.last_seq > self.committed:
-                    await asyncio.to_thread(self.history.write, batch)
-                    self.committed = batch.last_seq
-                    self.events += batch.events
-                await puller.ack(messages[-1])
+                if writing is not None:
+                    await writing  # a failed write raises here: start over from the committed sequence
+                fresh = batch.last_seq > self.taken  # else all replay: only acked
+                if fresh:
+                    self.taken = batch.last_seq
+                writing = asyncio.ensure_future(self._write(batch if fresh else None, messages[-1]))
         finally:
-            await puller.stop()
+            try:
+                if writing is not None and not writing.cancelled():
+                    # Settled before anything else: a restart reads the committed sequence.
+                    with contextlib.suppress(Exception):  # this exit's own error is the one reported
+                        await writing
+            finally:
+                await puller.stop()
+
+    async def _write(self, batch: Batch | None, last: RawMessage) -> None:
+        """Commit the batch, if any, then ack up to its last message."""
+        if batch is not None:
+            await asyncio.to_thread(self.history.write, batch)
+            self.committed = batch.last_seq
+            self.events += batch.events
+        await self.puller.ack(last)
 
     async def _reset_consumer(self, start: int) -> None:
         info = await self.js.stream_info(streams.EVENTS)
         if start > info.state.last_seq + 1:
             log.warning("%s ends at event %d but the history holds events up to %d: the stream was "
                         "re-created; reading it from its start", streams.EVENTS, info.state.last_seq, start - 1)
-            self.committed = 0
+            self.committed = self.taken = 0
             start = info.state.first_seq
         if start < info.state.first_seq:
             if self.committed:
@@ -120,9 +142,10 @@ class Ingest:
         batch = Batch()
         first, last = _stream_seq(messages[0]), _stream_seq(messages[-1])
         # Read in order from the committed sequence on, a batch holds no replay unless it
-        # starts at or before it (a redelivery after ack_wait): only then look at each.
-        if first <= self.committed:
-            messages = [m for m in messages if _stream_seq(m) > self.committed]
+        # starts at or before the last one written (a redelivery after ack_wait): only then
+        # look at each.
+        if first <= self.taken:
+            messages = [m for m in messages if _stream_seq(m) > self.taken]
         lines = _Lines()
         for message in messages:
             if TRACE_HEADER in message[HEADERS] and header(message, TRACE_HEADER) == TRACE_OFF:
@@ -152,6 +175,21 @@ class Ingest:
             log.warning("event on %s is not what it should be (%s); not stored", subject, err)
             return
         batch.events += 1
+
+
+async def _next_batch(puller: Puller, writing: asyncio.Task[None] | None) -> list[RawMessage]:
+    """The puller's next batch; should the write in flight fail meanwhile, its error at
+    once (not with the next batch, which may be long in coming)."""
+    if writing is None or writing.done():
+        return await puller.next_batch()
+    reading = asyncio.ensure_future(puller.next_batch())
+    try:
+        await asyncio.wait((reading, writing), return_when=asyncio.FIRST_COMPLETED)
+        if not reading.done() and writing.exception() is not None:
+            writing.result()
+        return await reading
+    finally:
+        reading.cancel()  # when not done: this consume is over
 
 
 def _stream_seq(message: RawMessage) -> int:

@@ -459,6 +459,28 @@ async def test_the_ingest_reads_events_as_raw_bytes_not_through_nats_py_message_
     assert inbox.raw >= 2000
 
 
+async def test_log_text_of_any_kind_is_stored_exactly_as_published(stack):
+    """Log columns reach DuckDB as JSON arrays: text that looks like JSON, quotes, NUL,
+    line separators and astral characters must come out as they went in; a line whose
+    time cannot be read is kept, with no time."""
+    execution_id = f"odd-{uuid.uuid4().hex[:12]}"
+    texts = ['nul \x00 inside', 'quotes \' " \\ and a backslash', 'emoji \U0001F600 sep \u2028 end',
+             '["a", 1]', 'null', '', "x" * 5000]
+    subject = f"bd.{ACME}.evt.exec.{execution_id}.log"
+    for idx, text in enumerate(texts, start=1):
+        line = {"idx": idx, "ts": "not a time" if idx == 2 else to_iso(datetime.now(UTC)), "level": "info",
+                "stream": "stdout", "action_index": 0, "msg": text, "execution_id": execution_id}
+        await stack.js.publish(subject, json.dumps(line).encode(), headers={"Nats-Msg-Id": f"{execution_id}.{idx}"})
+
+    async def stored() -> list[dict[str, Any]]:
+        rows = await stack.sql("SELECT idx, ts, msg FROM logs WHERE execution_id = ? ORDER BY idx", [execution_id])
+        return rows if len(rows) == len(texts) else []
+
+    rows = await wait_until(stored, 20, what="the odd lines stored")
+    assert [row["msg"] for row in rows] == texts
+    assert rows[1]["ts"] is None and all(row["ts"] is not None for i, row in enumerate(rows) if i != 1)
+
+
 # ---- exec.logs and batch.results ----------------------------------------------------
 
 
