@@ -132,6 +132,24 @@ async def test_cancel_a_running_execution_with_x(nats_server, broker, api, org, 
     assert (await api.call("exec", "get", {"id": run_id}))["status"] == "canceled"
 
 
+async def test_the_progress_bar_moves_with_the_progress_events_of_a_running_action(
+        nats_server, broker, api, org, runner_factory, make_cmd_task):
+    await runner_factory()
+    # The runner saves progress to the execution at most once a second and publishes no
+    # state for it: only the progress events can move the bar in between.
+    task = await make_cmd_task("steps", "echo '::progress 20 first'; sleep 1.5; echo '::progress 70 second'; sleep 30")
+    run_id = (await api.call("task", "start", {"id": task["id"]}))["execution_id"]
+    async with app_for(nats_server, org).run_test(size=SIZE) as pilot:
+        screen = await opened(pilot)
+        executions = screen.query_one("#executions", LiveTable)
+        await until(lambda: run_id in cells(executions) and "second" in cells(executions)[run_id][2], pilot,
+                    "the bar at the second step")
+        assert "70%" in cells(executions)[run_id][2]
+        await api.call("exec", "cancel", {"id": run_id})
+        await until(lambda: cells(executions)[run_id][0] == "■ canceled", pilot, "the run canceled", timeout=20)
+        assert "70%" in cells(executions)[run_id][2]  # where it stopped
+
+
 async def test_cancel_of_a_finished_run_is_a_notification_not_a_crash(
         nats_server, broker, api, org, runner_factory, make_cmd_task):
     await runner_factory()

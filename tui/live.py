@@ -5,7 +5,8 @@ a watch delivers every current value, then each change. Executions are too many 
 watch whole (7 days of them), so the newest page comes from `exec.list` and every
 change after that from the state events on `bd.{org}.evt.exec.*.state`, which carry
 the whole Execution; the subscription starts before the request, and a record only
-replaces one of a lower version, so nothing between the two is lost.
+replaces one of a lower version, so nothing between the two is lost. Progress between
+states comes from `bd.{org}.evt.exec.*.progress` and moves the bar of a known run.
 
 After a reconnect everything is loaded again (`resync`): the server may have lost the
 watches' consumers, and a fresh load also drops what was deleted meanwhile.
@@ -26,7 +27,7 @@ from nats.js.errors import Error as JetStreamError
 from broker import codec, streams, subjects
 from broker.client import ApiClient
 from broker.errors import ApiError
-from broker.types import Batch, Execution, Runner, Task
+from broker.types import Batch, Execution, Progress, Runner, Task
 
 log = logging.getLogger("batchdeck.tui")
 
@@ -37,6 +38,10 @@ EXECUTIONS_KEPT = 5000
 
 Kind = str
 """Which collection changed: "batches", "tasks", "runners" or "executions"."""
+
+_VERSIONED_BY_REVISION = (Batch, Task)
+"""Records whose `version` is their KV revision, as the broker reads them (a runner's
+`version` is its software's)."""
 
 _WATCHED: dict[Kind, tuple[str, type[msgspec.Struct]]] = {
     "batches": (streams.BATCHES_BUCKET, Batch),
@@ -60,7 +65,7 @@ class LiveState:
         self.executions: dict[str, Execution] = {}
         self.loaded = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._states: Any = None
+        self._subscriptions: list[Any] = []
 
     @property
     def nc(self) -> Client:
@@ -73,7 +78,10 @@ class LiveState:
         ready = [asyncio.Event() for _ in _WATCHED]
         for (kind, (bucket, type_)), event in zip(_WATCHED.items(), ready, strict=True):
             self._tasks.append(asyncio.create_task(self._watch(js, kind, bucket, type_, event), name=f"tui-{kind}"))
-        self._states = await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "state"), cb=self._on_state)
+        self._subscriptions = [
+            await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "state"), cb=self._on_state),
+            await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "progress"), cb=self._on_progress),
+        ]
         await self._load_executions()
         await asyncio.gather(*(event.wait() for event in ready))
         self.loaded.set()
@@ -83,12 +91,12 @@ class LiveState:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        if self._states is not None:
+        for subscription in self._subscriptions:
             try:
-                await self._states.unsubscribe()
+                await subscription.unsubscribe()
             except NatsError:
                 pass  # the connection is gone; so is the subscription
-            self._states = None
+        self._subscriptions = []
 
     async def resync(self) -> None:
         """Start over after a reconnect: fresh watches, a fresh page of executions."""
@@ -125,8 +133,8 @@ class LiveState:
                         record = codec.decode(entry.value, type_)
                     except (msgspec.DecodeError, msgspec.ValidationError):
                         continue  # not ours to judge; the API refuses to write such records
-                    if hasattr(record, "version"):
-                        record.version = entry.revision  # as the broker reads it: the revision is the version
+                    if isinstance(record, _VERSIONED_BY_REVISION):
+                        record.version = entry.revision
                     records[key] = record
                 if not loading:
                     self.on_change(kind)
@@ -156,6 +164,17 @@ class LiveState:
             return
         if self._keep(execution):
             self.on_change("executions")
+
+    async def _on_progress(self, msg: Any) -> None:
+        try:
+            progress = codec.decode(msg.data, Progress)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        execution = self.executions.get(progress.execution_id)
+        if execution is None or execution.is_final:
+            return  # a late event must not move the bar of a finished run
+        execution.progress_percent, execution.progress_text = progress.percent, progress.text
+        self.on_change("executions")
 
     def _keep(self, execution: Execution) -> bool:
         known = self.executions.get(execution.id)

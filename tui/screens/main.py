@@ -91,7 +91,7 @@ class MainScreen(BatchdeckScreen):
         running = sum(1 for e in live.executions.values() if e.status == "running")
         queued = sum(1 for e in live.executions.values() if e.status == "queued")
         alive = sum(1 for r in live.runners.values() if formatting.runner_alive(r.heartbeat_at, now))
-        self.query_one(ConnectionBar).set_counts(f"{running} running · {queued} queued · {alive} runners")
+        self.query_one(ConnectionBar).set_counts(f"{running} running · {queued} queued · {alive} runner{'' if alive == 1 else 's'}")
 
     def _batch_rows(self, live: LiveState, now: datetime) -> list[Row]:
         runs = live.runs_by_batch()

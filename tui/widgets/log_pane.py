@@ -414,7 +414,7 @@ class LogPane(Widget):
         yield Input(placeholder="search the log (enter: find, escape: close)", id="log-search")
 
     def on_mount(self) -> None:
-        self._update_status()
+        self._status.update(self._status_line())  # `is_mounted` turns true only after this handler
 
     # ---- public API -------------------------------------------------------------
 
