@@ -11,16 +11,17 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.errors import TimeoutError as NatsTimeout
 
 from broker import codec, streams, subjects
 from broker.buckets import open_buckets
 from broker.definitions import Definitions
-from broker.errors import ApiError, BadRequest, InternalError, Unavailable
 from broker.endpoints import Endpoints, Handler
+from broker.errors import ApiError, BadRequest, InternalError, Unavailable
 from broker.executions import Executions
+from broker.tasks import cancel_and_wait
 from broker.types import Trigger
 
 log = logging.getLogger("batchdeck.broker")
@@ -85,8 +86,7 @@ class ControlPlane:
 
     async def stop(self) -> None:
         if self._trigger_loop is not None:
-            self._trigger_loop.cancel()
-            await asyncio.gather(self._trigger_loop, return_exceptions=True)
+            await cancel_and_wait(self._trigger_loop)
         if self._trigger_sub is not None:
             # A pull subscription left open keeps a later drain() waiting for its timeout.
             await self._trigger_sub.unsubscribe()

@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from broker import codec, ids, streams, subjects
+from broker.tasks import cancel_and_wait
 from broker.timestamps import parse_iso, to_iso
 from broker.types import Batch, Trigger
 from scheduler.fleet import Fleet, Membership, utc_now
@@ -103,9 +104,7 @@ class SchedulerService:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         if self._watcher is not None:
             await self._watcher.stop()
         if self.membership is not None:

@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from broker import codec, streams
 from broker.endpoints import Endpoints, Handler
 from broker.errors import BadRequest, NotFound
+from broker.tasks import cancel_and_wait
 from broker.timestamps import request_time
 from broker.types import Id, ListRequest, Page, Runner
 from store import listing, sql
@@ -77,9 +78,7 @@ class StoreService:
         log.info("store: history in %s, resuming after event %d", self.db_path, self.history.committed_seq())
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         await self.api.stop()
         self.history.close()
 

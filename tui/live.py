@@ -27,6 +27,7 @@ from nats.js.errors import Error as JetStreamError
 from broker import codec, streams, subjects
 from broker.client import ApiClient
 from broker.errors import ApiError
+from broker.tasks import cancel_and_wait
 from broker.types import Batch, Execution, Progress, Runner, Task
 
 log = logging.getLogger("batchdeck.tui")
@@ -87,9 +88,7 @@ class LiveState:
         self.loaded.set()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         for subscription in self._subscriptions:
             try:
