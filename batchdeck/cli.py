@@ -19,7 +19,7 @@ from broker.connect import ConnectOptions, connect
 from broker.errors import ApiError
 from broker.server import ServerError
 from broker.subjects import is_valid_org
-from batchdeck import commands, config, export, history, output, supervisor
+from batchdeck import commands, config, export, history, notify_options, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN
 
 
@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--demo", action="store_true", help="seed example tasks and batches")
     up.add_argument("--runners", type=int, default=2, metavar="N", help="runner processes to start (default 2)")
     up.add_argument("--org", default=config.default_org(), help="org of the runners and --demo (default 'default')")
+    notify_options.add_flags(up, tuning=False)  # the notifier runs when any channel is set up
 
     server = sub.add_parser("server", help="start only the embedded NATS server (JetStream, provisioned)")
     _add_server_flags(server)
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--db", type=Path, required=True, metavar="PATH", help="the DuckDB history file")
     store.add_argument("--retain-days", type=float, default=None, metavar="N",
                        help="remove history older than N days (checked hourly; default: keep everything)")
+
+    notifier = sub.add_parser("notifier", parents=[common],
+                              help="run a notifier: email and webhooks when runs end, as the notify rules say")
+    notify_options.add_flags(notifier, tuning=True)
 
     sub.add_parser("tui", parents=[common], help="open the terminal dashboard on a running system")
 
@@ -119,6 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--retain-days must be more than 0")
     if args.command == "scheduler" and args.name is not None and not re.match(ID_PATTERN, args.name):
         parser.error("--name takes 1-64 letters, digits, '_' or '-'")
+    if args.command in ("up", "notifier"):
+        try:
+            args.notifier_settings = notify_options.settings(args)
+        except ValueError as err:
+            parser.error(str(err))
+        if args.command == "notifier" and args.name is not None and not re.match(ID_PATTERN, args.name):
+            parser.error("--name takes 1-64 letters, digits, '_' or '-'")
     try:
         return asyncio.run(_dispatch(args))
     except ApiError as err:
@@ -151,7 +163,9 @@ def _check_runner_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
-        await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless, args.runners)
+        notifier = args.notifier_settings if notify_options.configured(args) else None
+        await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless, args.runners,
+                                notifier)
     elif args.command == "server":
         await supervisor.run_server(args.data_dir, args.port, args.host)
     elif args.command == "broker":
@@ -160,6 +174,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
     elif args.command == "scheduler":
         await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name)
+    elif args.command == "notifier":
+        await supervisor.run_notifier(_connect_options(args, "batchdeck-notifier"), args.notifier_settings, args.name)
     elif args.command == "tui":
         from tui.run import run_dashboard  # Textual loads only for the dashboard: other commands start faster
 

@@ -91,6 +91,7 @@ def _add_task_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cancellable", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--trace", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--owner")
+    _add_notify_flags(parser)
     parser.add_argument("command", nargs="*", help="the command's argv, after `--` (e.g. -- echo hello)")
 
 
@@ -103,7 +104,7 @@ def _task_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["env"] = _pairs(args.env, "--env", parse=False)
     if args.command:
         fields["command"] = args.command
-    return fields
+    return {**fields, **_notify_fields(args)}
 
 
 def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +125,7 @@ def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--catch-up", choices=["none", "last", "all"])
     parser.add_argument("--max-catch-up", type=int)
     parser.add_argument("--owner")
+    _add_notify_flags(parser)
 
 
 def _batch_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,7 +133,25 @@ def _batch_fields(args: argparse.Namespace) -> dict[str, Any]:
                     "run_on_startup", "pool", "concurrency", "catch_up", "max_catch_up", "owner")
     if args.tasks:
         fields["actions"] = [{"task_id": task_id} for task_id in args.tasks]
-    return fields
+    return {**fields, **_notify_fields(args)}
+
+
+def _add_notify_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--notify", action="append", metavar="RECIPIENT",
+                        help="an email address or webhook URL told how runs end; repeat (replaces the list)")
+    parser.add_argument("--notify-on", choices=["failure", "always"],
+                        help="which outcomes --notify reports (default failure: failed, timed_out, lost)")
+    parser.add_argument("--no-notify", action="store_true", help="remove the notify rule")
+
+
+def _notify_fields(args: argparse.Namespace) -> dict[str, Any]:
+    if args.no_notify:
+        return {"notify": None}
+    if not args.notify:
+        if args.notify_on:
+            raise SystemExit(_usage("--notify-on needs the recipients too: --notify ADDRESS_OR_URL"))
+        return {}
+    return {"notify": {"recipients": args.notify, **({"on": args.notify_on} if args.notify_on else {})}}
 
 
 def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -35,6 +35,7 @@ TABLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "tasks": ("valid_from", ()),
     "batches": ("valid_from", ()),
     "runners": ("last_seen", ("id",)),
+    "notifications": ("created_at", ("execution_id", "target")),
 }
 
 

@@ -1,6 +1,6 @@
 """Long-running commands: `batchdeck up` (everything on the embedded server),
-`batchdeck server` (the embedded nats-server alone), `batchdeck broker`, `runner` and
-`scheduler`.
+`batchdeck server` (the embedded nats-server alone), `batchdeck broker`, `runner`,
+`scheduler`, `store` and `notifier`.
 
 Each runs until Ctrl-C or SIGTERM, then stops its parts in reverse order: services
 first, so nothing is cut mid-request, the server last.
@@ -24,6 +24,7 @@ from broker.service import ControlPlane
 from batchdeck import demo, output
 from runner.service import RunnerService
 from scheduler.service import SchedulerService
+from notifier.service import NotifierService, NotifierSettings
 from store.service import StoreService
 
 log = logging.getLogger("batchdeck")
@@ -96,6 +97,28 @@ async def run_store(options: ConnectOptions, db: Path, retain_days: float | None
         await nc.drain()
 
 
+async def run_notifier(options: ConnectOptions, settings: NotifierSettings, name: str | None) -> None:
+    """`batchdeck notifier`: deliver notifications until SIGTERM, then let those under way finish."""
+    nc = await connect(options, service=True)
+    settings.log_command = _log_command(options.url)
+    notifier = NotifierService(nc, settings, name)
+    try:
+        await notifier.start()
+        await wait_for_stop_signal()
+    finally:
+        await notifier.stop()
+        await nc.drain()
+
+
+def _log_command(url: str) -> str:
+    """How an email's reader tails the run's log: `batchdeck logs` against this server
+    (its address without credentials)."""
+    first = url.split(",")[0].strip()
+    scheme, sep, rest = first.rpartition("://")
+    address = rest.rsplit("@", 1)[-1]
+    return "batchdeck logs {id} --org {org} --nats " + (f"{scheme}{sep}{address}" if sep else address)
+
+
 def start_runner_processes(url: str, org: str, count: int, log_file: Path | None = None
                            ) -> list[subprocess.Popen[bytes]]:
     """`count` runner processes; their logs go to `log_file`, else to our stderr."""
@@ -154,14 +177,16 @@ async def run_server(data_dir: Path, port: int | None, host: str) -> None:
 
 
 async def run_up(
-    data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int
+    data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int,
+    notifications: NotifierSettings | None = None,
 ) -> None:
-    """`batchdeck up`: the embedded server and every service, until Ctrl-C."""
+    """`batchdeck up`: the embedded server and every service, until Ctrl-C; the notifier
+    too when `notifications` (SMTP or a webhook secret) are set up."""
     if not headless:
         _log_to_file(data_dir / LOG_FILE)  # the dashboard owns the terminal
     server = EmbeddedServer(data_dir, port=port, host=host)
     await server.astart()
-    nc = plane = scheduler = store = None
+    nc = plane = scheduler = store = notifier = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
         nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
@@ -171,11 +196,15 @@ async def run_up(
         await scheduler.start()
         store = StoreService(nc, data_dir / HISTORY_FILE)
         await store.start()
+        if notifications is not None:
+            notifications.log_command = _log_command(server.url)
+            notifier = NotifierService(nc, notifications)
+            await notifier.start()
         workers = start_runner_processes(server.url, org, runners, None if headless else data_dir / LOG_FILE)
         if seed_demo:
             created = await demo.seed(ApiClient(nc, org))
             output.console.print(f"demo: {created} definitions created in org {org!r}", highlight=False)
-        _print_banner(server, data_dir, org, headless, runners)
+        _print_banner(server, data_dir, org, headless, runners, notifications)
         if headless:
             await wait_for_stop_signal()
         else:
@@ -185,6 +214,8 @@ async def run_up(
         if scheduler is not None:
             await scheduler.stop()
         await stop_processes(workers)
+        if notifier is not None:
+            await notifier.stop()
         if store is not None:
             await store.stop()
         if plane is not None:
@@ -194,7 +225,8 @@ async def run_up(
         await server.astop()
 
 
-def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bool, runners: int) -> None:
+def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bool, runners: int,
+                  notifications: NotifierSettings | None) -> None:
     console = output.console
     console.print(f"batchdeck is up: NATS on [bold]{server.url}[/bold]", highlight=False)
     console.print(f"  data dir  {data_dir}", highlight=False)
@@ -202,6 +234,8 @@ def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bo
     console.print(f"  runners   {runners} (pool 'default')", highlight=False)
     console.print("  scheduler 1 replica", highlight=False)
     console.print(f"  history   {data_dir / HISTORY_FILE} (batchdeck sql \"SELECT * FROM task_stats\")", highlight=False)
+    if notifications is not None:
+        console.print(f"  notifier  {' and '.join(notifications.channels())}", highlight=False)
     console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
     if headless:
         console.print("Ctrl-C stops everything.")

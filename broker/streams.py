@@ -30,6 +30,7 @@ EXECS_BUCKET = "bd_execs"
 RUNNERS_BUCKET = "bd_runners"
 BATCH_RUNS_BUCKET = "bd_batch_runs"
 SCHEDULER_BUCKET = "bd_scheduler"
+NOTIFICATIONS_BUCKET = "bd_notifications"
 
 DAY = 24 * 3600.0
 DEFAULT_EVENTS_MAX_AGE = 7 * DAY
@@ -54,6 +55,8 @@ BUCKETS = (
     BucketSpec(RUNNERS_BUCKET, 1, 1 * DAY, "runner heartbeats, key {org}.{runner id}"),
     BucketSpec(BATCH_RUNS_BUCKET, 1, 7 * DAY, "the latest triggered execution of a batch, key {org}.{batch id}"),
     BucketSpec(SCHEDULER_BUCKET, 1, None, "scheduler fleet: key epoch, and replica.{id} heartbeats"),
+    BucketSpec(NOTIFICATIONS_BUCKET, 1, 30 * DAY,
+               "notification deliveries, key {org}.{execution id}.{target key}: claimed, then sent or failed"),
 )
 
 

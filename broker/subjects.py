@@ -55,6 +55,11 @@ def definition_event(org: str, kind: str, definition_id: str) -> str:
     return f"{PREFIX}.{org}.evt.def.{kind}.{definition_id}"
 
 
+def notify_event(org: str, execution_id: str) -> str:
+    """A notification's outcome (sent or failed), one event per recipient."""
+    return f"{PREFIX}.{org}.evt.notify.{execution_id}"
+
+
 def exec_cancel(org: str, execution_id: str) -> str:
     """The core request the runner holding an execution answers."""
     return f"{PREFIX}.{org}.ctl.exec.{execution_id}.cancel"

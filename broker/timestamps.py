@@ -34,3 +34,8 @@ def request_time(text: str, name: str) -> datetime:
         return parse_iso(text)
     except ValueError:
         raise BadRequest(f"{name} {text!r} is not an RFC 3339 time") from None
+
+
+def seconds_since(text: str) -> float:
+    """How long ago an RFC 3339 time was (negative when it is ahead); ValueError if it is none."""
+    return (datetime.now(timezone.utc) - parse_iso(text)).total_seconds()

@@ -7,6 +7,7 @@ add the fields the system manages. Field names are public API: never rename them
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -57,11 +58,39 @@ def _check_object_size(name: str, value: dict[str, Any] | None) -> None:
 # ---- tasks --------------------------------------------------------------------------
 
 
+EMAIL_RE = re.compile(r"[^@\s<>,;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+WEBHOOK_RE = re.compile(r"https?://[^\s/?#@]+(?:[/?#]\S*)?")
+
+
+def recipient_channel(recipient: str) -> Literal["email", "webhook"] | None:
+    """What a recipient is: an email address, a webhook URL, or neither (None)."""
+    if EMAIL_RE.fullmatch(recipient):
+        return "email"
+    if WEBHOOK_RE.fullmatch(recipient):
+        return "webhook"
+    return None
+
+
+FAILURE_STATUSES = frozenset({"failed", "timed_out", "lost"})
+"""The outcomes `notify.on: "failure"` reports (a cancel is an operator's act, a skip no run)."""
+
+
 class Notify(Struct, kw_only=True, forbid_unknown_fields=True):
     """Who hears about an execution's outcome."""
 
     on: Literal["always", "failure"] = "failure"
     recipients: Annotated[list[Annotated[str, Meta(min_length=3, max_length=2000)]], Meta(min_length=1, max_length=50)]
+
+    def __post_init__(self) -> None:
+        for recipient in self.recipients:
+            if recipient_channel(recipient) is None:
+                raise ValueError(f"notify recipient {recipient!r} is neither an email address (name@example.com) nor "
+                                 "an http(s) webhook URL without credentials (https://hooks.example.com/...)")
+        self.recipients = list(dict.fromkeys(self.recipients))  # one message per recipient
+
+    def wants(self, status: str) -> bool:
+        """Whether an outcome of `status` is reported."""
+        return status in FAILURE_STATUSES if self.on == "failure" else status in FINAL_STATUSES
 
 
 class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -183,6 +212,7 @@ class BatchSpec(Struct, kw_only=True, forbid_unknown_fields=True):
     catch_up: Literal["none", "last", "all"] = "last"
     max_catch_up: Annotated[int, Meta(ge=1, le=1000)] = 10
     owner: Annotated[str, Meta(max_length=200)] | None = None
+    notify: Notify | None = None
 
     def __post_init__(self) -> None:
         if (self.cron_expression is None) == (self.schedule is None):
@@ -290,6 +320,33 @@ class LogLine(Struct, kw_only=True):
     msg: str = ""
     status_percent: float | None = None
     execution_id: str | None = None
+
+
+NotificationChannel = Literal["email", "webhook"]
+NotificationStatus = Literal["sending", "sent", "failed"]
+
+
+class Notification(Struct, kw_only=True):
+    """One delivery of an execution's outcome to one recipient: the notifier's claim in KV
+    `bd_notifications` (key `{org}.{execution_id}.{target_key}`) while it is sent, and the
+    event `bd.{org}.evt.notify.{execution_id}` once it is `sent` or `failed`."""
+
+    org: Org
+    execution_id: str
+    channel: NotificationChannel
+    target: str
+    """The email address or webhook URL, as the rule names it."""
+    rules: list[str] = []
+    """What asked for it: `batch:{id}` and/or `task:{id}`."""
+    execution_status: ExecutionStatus
+    status: NotificationStatus = "sending"
+    attempts: int = 0
+    error: str | None = None
+    notifier: str | None = None
+    """The notifier instance that holds (or held) the claim."""
+    created_at: Timestamp
+    updated_at: Timestamp
+    sent_at: Timestamp | None = None
 
 
 class Progress(Struct, kw_only=True):

@@ -38,6 +38,7 @@ class Batch:
     executions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     triggers: list[dict[str, Any]] = field(default_factory=list)
     definitions: list[dict[str, Any]] = field(default_factory=list)
+    notifications: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     last_seq: int = 0
     events: int = 0
 
@@ -48,6 +49,12 @@ class Batch:
         held = self.executions.get(key)
         if held is None or (execution.get("version") or 0) >= (held.get("version") or 0):
             self.executions[key] = execution
+
+    def add_notification(self, org: str, notification: dict[str, Any]) -> None:
+        """Keep one row per recipient of an execution: a later event for the same
+        (org, execution_id, target), such as a resend after a notifier crash, replaces the
+        earlier one (events are added in stream order)."""
+        self.notifications[(org, notification["execution_id"], notification["target"])] = {**notification, "org": org}
 
 
 LOG_COLUMNS = ("org", "execution_id", "idx", "ts", "level", "stream", "action_index", "msg")
@@ -60,8 +67,13 @@ ACTION_COLUMNS = ("org", "execution_id", "action_index", "task_id", "status", "e
                   "finished_at", "duration_ms", "error")
 TRIGGER_COLUMNS = ("org", "trigger_id", "batch_id", "source", "scheduled_at", "fired_at", "execution_id", "status",
                    "error", "context", "lag_ms")
+NOTIFICATION_COLUMNS = ("org", "execution_id", "channel", "target", "rules", "execution_status", "status",
+                        "attempts", "error", "notifier", "created_at", "updated_at", "sent_at")
+NOTIFICATION_KEY = ("org", "execution_id", "target")
 JSON_COLUMNS = frozenset({"result", "context"})
-TIME_COLUMNS = frozenset({"ts", "queued_at", "started_at", "finished_at", "scheduled_at", "fired_at"})
+LIST_COLUMNS = frozenset({"rules"})
+TIME_COLUMNS = frozenset({"ts", "queued_at", "started_at", "finished_at", "scheduled_at", "fired_at", "created_at",
+                          "updated_at", "sent_at"})
 
 
 class History:
@@ -125,6 +137,8 @@ class History:
                 insert_columns(cursor, "triggers", TRIGGER_COLUMNS, _columns(batch.triggers, TRIGGER_COLUMNS))
             for definition in batch.definitions:
                 _write_definition(cursor, definition)
+            if batch.notifications:
+                _write_notifications(cursor, list(batch.notifications.values()))
             _record_seq(cursor, batch.last_seq)
 
     def _write_executions(self, cursor: duckdb.DuckDBPyConnection, batch: Batch) -> None:
@@ -183,7 +197,9 @@ class History:
     # ---- retention ---------------------------------------------------------------
 
     def remove_older_than(self, days: float) -> dict[str, int]:
-        """Delete history older than `days` and checkpoint, so the file stops growing."""
+        """Delete history older than `days` and checkpoint, so the file stops growing:
+        executions (with their actions and log lines) by when they ended, log lines,
+        triggers, and notifications by `created_at`. Returns the rows removed, by table."""
         cutoff = datetime.now(timezone.utc) - timedelta(days=days)
         removed = {}
         with self._transaction() as cursor:
@@ -197,9 +213,20 @@ class History:
             removed["triggers"] = cursor.execute(
                 "DELETE FROM bd_history.triggers WHERE coalesce(fired_at, scheduled_at) < ?", [cutoff]).fetchone()[0]
             removed["logs"] += cursor.execute("DELETE FROM bd_history.logs WHERE ts < ?", [cutoff]).fetchone()[0]
+            removed["notifications"] = cursor.execute(
+                "DELETE FROM bd_history.notifications WHERE created_at < ?", [cutoff]).fetchone()[0]
         with self._write_lock:
             self.conn.execute("CHECKPOINT")
         return removed
+
+
+def _write_notifications(cursor: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
+    """Upsert one row per recipient: the batch holds each key once (`Batch.add_notification`),
+    and an event of a later batch overwrites the stored row whole, since the ingest reads
+    events in stream order."""
+    updates = ", ".join(f"{c} = excluded.{c}" for c in NOTIFICATION_COLUMNS if c not in NOTIFICATION_KEY)
+    insert_columns(cursor, "notifications", NOTIFICATION_COLUMNS, _columns(rows, NOTIFICATION_COLUMNS),
+                   f"ON CONFLICT ({', '.join(NOTIFICATION_KEY)}) DO UPDATE SET {updates}")
 
 
 def _record_seq(cursor: duckdb.DuckDBPyConnection, seq: int) -> None:
@@ -230,6 +257,8 @@ def _cast(name: str) -> str:
         return f"TRY_CAST({name} AS TIMESTAMPTZ)"  # a malformed time becomes null, never a failed batch
     if name in JSON_COLUMNS:
         return f"CAST({name} AS JSON)"
+    if name in LIST_COLUMNS:
+        return f"CAST({name} AS VARCHAR[])"  # a column of only empty lists has no element type of its own
     return name
 
 

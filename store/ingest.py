@@ -29,7 +29,7 @@ from nats.js.errors import NotFoundError
 
 from broker import streams, subjects
 from broker.timestamps import parse_iso
-from broker.types import DefinitionEvent, Execution, LogLine
+from broker.types import DefinitionEvent, Execution, LogLine, Notification
 from store.history import Batch, History
 from store.puller import Puller
 from store.raw_inbox import DATA, HEADERS, REPLY, SUBJECT, RawMessage, header
@@ -51,6 +51,7 @@ _decode_line = msgspec.json.Decoder(LogLine).decode
 _decode_lines = msgspec.json.Decoder(list[LogLine]).decode
 _decode_state = msgspec.json.Decoder(Execution).decode
 _decode_definition = msgspec.json.Decoder(DefinitionEvent).decode
+_decode_notification = msgspec.json.Decoder(Notification).decode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -169,6 +170,8 @@ class Ingest:
                 batch.triggers.append(_trigger_row(org, _decode_object(data)))
             elif kind == "def":
                 batch.definitions.append({**msgspec.structs.asdict(_decode_definition(data)), "org": org})
+            elif kind == "notify":
+                batch.add_notification(org, _notification_row(_decode_notification(data)))
             else:
                 return  # progress events are kept on the execution's state (progress_percent/text)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
@@ -284,6 +287,18 @@ def _trigger_row(org: str, trigger: dict[str, Any]) -> dict[str, Any]:
     if times["scheduled_at"] and times["fired_at"]:
         delta = parse_iso(times["fired_at"]) - parse_iso(times["scheduled_at"])
         row["lag_ms"] = int(delta.total_seconds() * 1000)
+    return row
+
+
+INTEGER_RANGE = range(-(2 ** 31), 2 ** 31)
+
+
+def _notification_row(notification: Notification) -> dict[str, Any]:
+    """A notify event as a row (its org is the subject's, set by the batch). `attempts`
+    has no bound on the type: a count no INTEGER column holds becomes null."""
+    row = msgspec.structs.asdict(notification)
+    if row["attempts"] not in INTEGER_RANGE:
+        row["attempts"] = None
     return row
 
 

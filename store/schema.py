@@ -5,7 +5,9 @@ catalog of that name) and carry `org` first; times are TIMESTAMPTZ (UTC). The sc
 stable: columns are added, never renamed or removed. Users do not name
 `bd_history.` themselves: a query session (`open_session`) exposes each table under its
 plain name as a view confined to one org, plus the derived views, and `history.sql`
-accepts only those names. `ingest_state` is the store's own bookkeeping.
+accepts only those names. `ingest_state` is the store's own bookkeeping. A table added
+later (`notifications`) reaches an existing file through `CREATE TABLE IF NOT EXISTS` when
+the store opens it.
 """
 
 from __future__ import annotations
@@ -118,6 +120,23 @@ TABLES = {
             last_seen TIMESTAMPTZ,
             executions BIGINT,
             PRIMARY KEY (org, id)
+        )""",
+    "notifications": """
+        CREATE TABLE IF NOT EXISTS bd_history.notifications (
+            org VARCHAR NOT NULL,
+            execution_id VARCHAR NOT NULL,
+            channel VARCHAR,
+            target VARCHAR NOT NULL,
+            rules VARCHAR[],
+            execution_status VARCHAR,
+            status VARCHAR,
+            attempts INTEGER,
+            error VARCHAR,
+            notifier VARCHAR,
+            created_at TIMESTAMPTZ,
+            updated_at TIMESTAMPTZ,
+            sent_at TIMESTAMPTZ,
+            PRIMARY KEY (org, execution_id, target)
         )""",
 }
 

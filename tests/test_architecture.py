@@ -1,7 +1,7 @@
 """The architecture stays visible in the tree: services meet only on NATS.
 
-`broker` is the contract everyone imports; `runner`, `scheduler`, `store` and `tui`
-import `broker` and never each other or the CLI; Textual stays inside `tui`.
+`broker` is the contract everyone imports; `runner`, `scheduler`, `store`, `notifier`
+and `tui` import `broker` and never each other or the CLI; Textual stays inside `tui`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES = ("runner", "scheduler", "store", "tui")
+SERVICES = ("runner", "scheduler", "store", "notifier", "tui")
 OURS = ("batchdeck", "broker", *SERVICES)
 
 # package -> the packages of ours it may import

@@ -222,3 +222,30 @@ async def test_batch_next_and_triggers_through_the_cli(run):
     assert fired.returncode == 0, fired.stderr
     assert started["execution_id"] in fired.stdout and "manual" in fired.stdout
     assert (await run("batch", "triggers", "ghost")).returncode == 1
+
+
+async def test_notify_rules_from_flags_and_their_errors(run):
+    created = await run("task", "create", "--name", "nightly", "--id", "nightly", "--notify", "ops@example.com",
+                        "--notify", "https://chat.example.com/hook", "--notify-on", "always", "--json", "--", "true")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["notify"] == {
+        "on": "always", "recipients": ["ops@example.com", "https://chat.example.com/hook"]}
+    batch = await run("batch", "create", "--name", "n", "--cron", "@daily", "--task", "nightly",
+                      "--notify", "team@example.com", "--json")
+    assert json.loads(batch.stdout)["notify"] == {"on": "failure", "recipients": ["team@example.com"]}
+
+    cleared = await run("task", "update", "nightly", "--no-notify", "--json")
+    assert json.loads(cleared.stdout)["notify"] is None
+    bad = await run("task", "update", "nightly", "--notify", "not-an-address")
+    assert bad.returncode == 1 and "neither an email address" in " ".join(bad.stderr.split())
+    lonely = await run("task", "update", "nightly", "--notify-on", "always")
+    assert lonely.returncode == 2 and "--notify" in lonely.stderr
+
+
+async def test_the_notifier_refuses_bad_settings_before_connecting(run):
+    for args, message in ((["--smtp-url", "ftp://mail.example.com"], "scheme"),
+                          (["--webhook-secret", "short"], "shorter than 16"),
+                          (["--webhook-secret", "x" * 20, "--max-attempts", "0"], "--max-attempts"),
+                          (["--webhook-secret", "x" * 20, "--only-org", "Bad Org"], "--only-org")):
+        refused = await run("notifier", "--nats", "nats://127.0.0.1:1", *args)
+        assert refused.returncode == 2 and message in refused.stderr, (args, refused.stderr)

@@ -30,11 +30,13 @@ import pytest
 import pytest_asyncio
 from expectations import expect_error, parse_time
 
+from broker import codec, subjects
 from broker.client import ApiClient
 from broker.errors import ApiError
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from broker.timestamps import parse_iso, to_iso
+from broker.types import Notification
 from runner.service import RunnerService
 from store.service import StoreService
 
@@ -479,6 +481,113 @@ async def test_log_text_of_any_kind_is_stored_exactly_as_published(stack):
     rows = await wait_until(stored, 20, what="the odd lines stored")
     assert [row["msg"] for row in rows] == texts
     assert rows[1]["ts"] is None and all(row["ts"] is not None for i, row in enumerate(rows) if i != 1)
+
+
+# ---- notifications ------------------------------------------------------------------
+
+
+def delivery(execution_id: str, target: str, org: str = ACME, **fields: Any) -> Notification:
+    """A settled delivery as the notifier publishes it: sent now, unless `fields` say otherwise."""
+    now = to_iso(datetime.now(UTC))
+    record: dict[str, Any] = {
+        "org": org, "execution_id": execution_id, "channel": "webhook" if "://" in target else "email",
+        "target": target, "rules": ["batch:nightly"], "execution_status": "failed", "status": "sent", "attempts": 1,
+        "notifier": "notifier-1", "created_at": now, "updated_at": now, "sent_at": now, **fields,
+    }
+    return Notification(**record)
+
+
+async def publish_notify(stack: Stack, record: Notification | bytes, msg_id: str, org: str = ACME,
+                         execution_id: str | None = None, headers: dict[str, str] | None = None) -> None:
+    """A notify event straight to BD_EVENTS, as the notifier publishes it (or any body)."""
+    if isinstance(record, Notification):
+        org, execution_id, body = record.org, record.execution_id, codec.encode(record)
+    else:
+        body = record
+    await stack.js.publish(subjects.notify_event(org, execution_id), body,
+                           headers={"Nats-Msg-Id": msg_id, **(headers or {})})
+
+
+async def notifications(stack: Stack, count: int, org: str = ACME, where: str = "true",
+                        params: list[Any] | None = None) -> list[dict[str, Any]]:
+    """The org's notification rows matching `where`, once there are `count` of them (by target)."""
+    async def probe() -> list[dict[str, Any]]:
+        rows = await stack.sql(f"SELECT * FROM notifications WHERE {where} ORDER BY target", params, org)
+        return rows if len(rows) == count else []
+
+    return await wait_until(probe, 20, what=f"{count} notification rows where {where}")
+
+
+async def test_each_recipient_of_a_run_is_one_notifications_row_holding_its_last_outcome(stack):
+    execution_id = f"n-{uuid.uuid4().hex[:12]}"
+    email = delivery(execution_id, "ops@acme.example", rules=["batch:nightly", "task:load"])
+    hook = delivery(execution_id, "https://hooks.acme.example/batchdeck", status="failed", attempts=5, sent_at=None,
+                    error="503 Service Unavailable")
+    await publish_notify(stack, email, f"{execution_id}.email.sent.1")
+    await publish_notify(stack, hook, f"{execution_id}.hook.failed.5")
+
+    rows = await notifications(stack, 2)
+    assert [(r["execution_id"], r["channel"], r["target"], r["status"]) for r in rows] == [
+        (execution_id, "webhook", hook.target, "failed"), (execution_id, "email", email.target, "sent")]
+    failed, sent = rows
+    fields = ("org", "rules", "execution_status", "attempts", "error", "notifier")
+    assert [sent[name] for name in fields] == [ACME, ["batch:nightly", "task:load"], "failed", 1, None, "notifier-1"]
+    assert at(sent["created_at"]) == parse_iso(email.created_at) and at(sent["sent_at"]) == parse_iso(email.sent_at)
+    assert (failed["attempts"], failed["error"], failed["sent_at"]) == (5, "503 Service Unavailable", None)
+
+    # A notifier crashed after giving up and another sent it again: still one row, the later values.
+    resent = delivery(execution_id, hook.target, attempts=1, notifier="notifier-2")
+    await publish_notify(stack, resent, f"{execution_id}.hook.sent.1")
+    rows = await notifications(stack, 1, where="target = ? AND status = 'sent'", params=[hook.target])
+    assert (rows[0]["attempts"], rows[0]["error"], rows[0]["notifier"]) == (1, None, "notifier-2")
+    assert at(rows[0]["sent_at"]) == parse_iso(resent.sent_at)
+    assert await stack.sql("SELECT count(*) AS n FROM notifications") == [{"n": 2}]
+
+
+async def test_a_malformed_or_untraced_notify_event_is_skipped_and_the_ingest_goes_on(stack):
+    execution_id = f"bad-{uuid.uuid4().hex[:12]}"
+    good = codec.to_builtins(delivery(execution_id, "ops@acme.example"))
+    skipped = {
+        "not json": b"{not json",
+        "an unknown channel": codec.encode({**good, "channel": "pigeon", "target": "coo@acme.example"}),
+        "no target": codec.encode({k: v for k, v in good.items() if k != "target"}),
+        "attempts as text": codec.encode({**good, "attempts": "five", "target": "five@acme.example"}),
+    }
+    for what, body in skipped.items():
+        await publish_notify(stack, body, f"{execution_id}.{what}", execution_id=execution_id)
+    await publish_notify(stack, delivery(execution_id, "hidden@acme.example"), f"{execution_id}.untraced",
+                         headers={"Bd-Trace": "false"})
+    # A count no INTEGER holds: the row is kept, without it (never a failed batch).
+    await publish_notify(stack, delivery(execution_id, "huge@acme.example", attempts=2 ** 40), f"{execution_id}.huge")
+    await publish_notify(stack, delivery(execution_id, "ops@acme.example"), f"{execution_id}.good")
+
+    rows = await notifications(stack, 2)
+    assert [(r["target"], r["attempts"]) for r in rows] == [("huge@acme.example", None), ("ops@acme.example", 1)]
+    await asyncio.sleep(0.5)  # nothing else arrives later
+    assert await stack.sql("SELECT count(*) AS n FROM notifications") == [{"n": 2}]
+    assert stack.store.ingest.skipped == 1  # the untraced one, unread
+
+    # The ingest goes on with the next events.
+    after = delivery(execution_id, "after@acme.example")
+    await publish_notify(stack, after, f"{execution_id}.after")
+    await notifications(stack, 3)
+
+
+async def test_another_orgs_notifications_are_not_visible(stack):
+    execution_id = f"o-{uuid.uuid4().hex[:12]}"  # the same execution id in both orgs
+    await publish_notify(stack, delivery(execution_id, "boss@globex.example", org=GLOBEX), f"{GLOBEX}.{execution_id}")
+    # A body naming acme on globex's subject is globex's: the subject's org is the one kept.
+    forged = codec.encode(delivery(execution_id, "forged@acme.example", org=ACME))
+    await publish_notify(stack, forged, f"{GLOBEX}.{execution_id}.forged", org=GLOBEX, execution_id=execution_id)
+    await publish_notify(stack, delivery(execution_id, "ops@acme.example"), f"{ACME}.{execution_id}")
+
+    mine = await notifications(stack, 1)  # read in order: globex's events are stored by now
+    assert [(r["org"], r["target"]) for r in mine] == [(ACME, "ops@acme.example")]
+    assert await stack.sql("SELECT count(*) AS n FROM notifications WHERE org = ? OR target LIKE '%globex%'",
+                           [GLOBEX]) == [{"n": 0}]
+    theirs = await notifications(stack, 2, GLOBEX)
+    assert [(r["org"], r["target"]) for r in theirs] == [
+        (GLOBEX, "boss@globex.example"), (GLOBEX, "forged@acme.example")]
 
 
 # ---- exec.logs and batch.results ----------------------------------------------------

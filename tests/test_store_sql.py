@@ -94,20 +94,33 @@ def definition(org: str, of: str, id: str, change: str, ts: str, **fields: Any) 
     return {"kind": of, "change": change, "id": id, "org": org, "definition": body, "ts": ts}
 
 
+def notification(execution_id: str, target: str, status: str = "sent", created_at: str = "2024-05-01T08:00:02.000Z",
+                 **fields: Any) -> dict[str, Any]:
+    """A notify event as the ingest hands it over (`msgspec.structs.asdict(Notification)`)."""
+    sent = status == "sent"
+    return {"org": ACME, "execution_id": execution_id, "channel": "webhook" if "://" in target else "email",
+            "target": target, "rules": ["batch:nightly"], "execution_status": "failed", "status": status,
+            "attempts": 1, "error": None if sent else "550 no such mailbox", "notifier": "n1",
+            "created_at": created_at, "updated_at": created_at, "sent_at": created_at if sent else None, **fields}
+
+
 def write(history: History, seq: int, *, org: str = ACME, executions: list[dict[str, Any]] = (),
           logs: dict[str, list[Any]] | None = None, triggers: list[dict[str, Any]] = (),
-          definitions: list[dict[str, Any]] = ()) -> None:
+          definitions: list[dict[str, Any]] = (), notifications: list[dict[str, Any]] = ()) -> None:
     """One ingest transaction ending at event `seq`."""
     batch = Batch()
     for state in executions:
         batch.add_execution(org, {**state, "org": org})
+    for delivery in notifications:
+        batch.add_notification(org, delivery)
     if logs:
         for column, values in logs.items():
             batch.logs[column].extend(values)
     batch.triggers.extend({**t, "org": org} for t in triggers)
     batch.definitions.extend(definitions)
     batch.last_seq = seq
-    batch.events = len(executions) + len(triggers) + len(definitions) + len((logs or {}).get("idx", []))
+    batch.events = (len(executions) + len(triggers) + len(definitions) + len(notifications)
+                    + len((logs or {}).get("idx", [])))
     history.write(batch)
 
 
@@ -179,7 +192,9 @@ def seed(history: History) -> None:
           definitions=[definition(ACME, "task", "build", "created", "2024-04-30T10:00:00Z", kind="command",
                                   name="build v2"),
                        definition(ACME, "batch", "nightly", "created", "2024-04-30T10:00:00Z",
-                                  cron_expression="0 20 * * *")])
+                                  cron_expression="0 20 * * *")],
+          notifications=[notification("e6", "ops@acme.example"), notification("e6", "https://hooks.acme.example/x",
+                                                                               status="failed")])
     write(history, 20, org=GLOBEX, executions=GLOBEX_RUNS,
           logs=log_lines(GLOBEX, "e1", 5, "2024-05-01T09:00:00Z"),
           triggers=[trigger("tr1", "nightly", "2024-05-01T20:00:00Z", "2024-05-01T20:00:02Z", lag_ms=2000),
@@ -187,7 +202,8 @@ def seed(history: History) -> None:
           definitions=[definition(GLOBEX, "task", "build", "created", "2024-04-29T10:00:00Z", kind="command",
                                   name="globex build"),
                        definition(GLOBEX, "task", "secret", "created", "2024-04-29T10:00:00Z", kind="command"),
-                       definition(GLOBEX, "batch", "nightly", "created", "2024-04-29T10:00:00Z")])
+                       definition(GLOBEX, "batch", "nightly", "created", "2024-04-29T10:00:00Z")],
+          notifications=[notification("e9", "secret@globex.example", status="failed")])
 
 
 @pytest.fixture
@@ -361,6 +377,10 @@ ALLOWED = [
     ("SELECT count(*) FROM executions WHERE json_extract_string(context, '$.env') = 'prod'", [[1]]),
     ("SELECT lag_ms, fired_at FROM triggers", [[1000, "2024-05-01T20:00:01.000Z"]]),
     ("SELECT queued_at FROM executions WHERE id = 'e2'", [["2024-05-01T23:30:00.000Z"]]),
+    (("SELECT n.channel, n.target, n.status, n.rules, e.name FROM notifications n "
+      "JOIN executions e ON e.id = n.execution_id ORDER BY n.target"),
+     [["webhook", "https://hooks.acme.example/x", "failed", ["batch:nightly"], "nightly"],
+      ["email", "ops@acme.example", "sent", ["batch:nightly"], "nightly"]]),
 ]
 
 
@@ -571,6 +591,59 @@ def test_a_failed_batch_commits_nothing(history: History) -> None:
     assert query(history, ACME, "SELECT id FROM executions") == [["e1"]]
 
 
+def test_a_recipient_reported_again_keeps_one_row_with_the_later_values(history: History) -> None:
+    failed = notification("e1", "ops@acme.example", status="failed", attempts=5, notifier="n1",
+                          created_at="2024-05-01T08:00:00.000Z", updated_at="2024-05-01T08:05:00.000Z")
+    resent = notification("e1", "ops@acme.example", status="sent", attempts=1, notifier="n2", rules=["task:build"],
+                          created_at="2024-05-01T09:00:00.000Z", updated_at="2024-05-01T09:00:01.000Z")
+    other = notification("e1", "https://hooks.acme.example/x")
+    write(history, 1, notifications=[failed, other])
+    write(history, 2, notifications=[resent])
+
+    columns = "target, status, attempts, error, notifier, rules, created_at, updated_at, sent_at"
+    assert query(history, ACME, f"SELECT {columns} FROM notifications ORDER BY target") == [
+        ["https://hooks.acme.example/x", "sent", 1, None, "n1", ["batch:nightly"], "2024-05-01T08:00:02.000Z",
+         "2024-05-01T08:00:02.000Z", "2024-05-01T08:00:02.000Z"],
+        ["ops@acme.example", "sent", 1, None, "n2", ["task:build"], "2024-05-01T09:00:00.000Z",
+         "2024-05-01T09:00:01.000Z", "2024-05-01T09:00:00.000Z"],
+    ]
+
+
+def test_within_one_batch_the_later_event_of_a_recipient_wins(history: History) -> None:
+    first = notification("e1", "ops@acme.example", status="failed", attempts=2)
+    second = notification("e1", "ops@acme.example", status="sent", attempts=3)
+    write(history, 1, notifications=[first, second])
+    assert query(history, ACME, "SELECT status, attempts FROM notifications") == [["sent", 3]]
+
+
+def test_a_notification_is_stored_under_the_org_of_its_subject(history: History) -> None:
+    # The body names acme (`notification` does): the subject's org, globex, is the one kept.
+    write(history, 1, org=GLOBEX, notifications=[notification("e1", "ops@acme.example")])
+    assert query(history, ACME, "SELECT count(*) FROM notifications") == [[0]]
+    assert query(history, GLOBEX, "SELECT org, target FROM notifications") == [[GLOBEX, "ops@acme.example"]]
+
+
+def test_a_history_file_from_before_notifications_opens_and_gains_the_table(tmp_path: Path) -> None:
+    path = tmp_path / "history.duckdb"
+    with duckdb.connect(str(path)) as old:
+        old.execute("CREATE SCHEMA bd_history")
+        for name, ddl in {**schema.TABLES, **schema.INTERNAL}.items():
+            if name != "notifications":
+                old.execute(ddl)
+        old.execute("INSERT INTO bd_history.executions (org, id, status, version) VALUES ('acme', 'e1', 'failed', 3)")
+        old.execute("INSERT INTO bd_history.ingest_state VALUES ('BD_EVENTS', 41, 1, now())")
+
+    history = History(path)
+    try:
+        assert history.committed_seq() == 41
+        assert query(history, ACME, "SELECT count(*) FROM notifications") == [[0]]
+        write(history, 42, notifications=[notification("e1", "ops@acme.example")])
+        assert query(history, ACME, "SELECT e.status, n.status FROM notifications n "
+                                    "JOIN executions e ON e.id = n.execution_id") == [["failed", "sent"]]
+    finally:
+        history.close()
+
+
 @pytest.mark.parametrize("kind", ["task", "batch"])
 def test_a_definitions_history_has_one_row_per_version_with_contiguous_validity(history: History, kind: str) -> None:
     times = ["2024-05-01T08:00:00.000Z", "2024-05-02T09:30:00.000Z", "2024-05-03T10:45:00.000Z"]
@@ -602,11 +675,18 @@ def test_remove_older_than_removes_old_history_and_keeps_recent(history: History
     ], triggers=[trigger("t-old", "nightly", old, old), trigger("t-never", "nightly", old, None),
                  trigger("t-new", "nightly", recent, recent)])
     write(history, 2, logs=log_lines(ACME, "old", 10, old))
-    write(history, 3, logs=log_lines(ACME, "new", 4, recent))
+    write(history, 3, logs=log_lines(ACME, "new", 4, recent), notifications=[
+        notification("old", "old@acme.example", created_at=old),
+        notification("new", "new@acme.example", created_at=recent),
+        # by its own created_at, not its execution's
+        notification("gone", "late@acme.example", created_at=recent),
+    ])
 
     removed = history.remove_older_than(7)
 
-    assert removed == {"executions": 2, "execution_actions": 2, "logs": 10, "triggers": 2}
+    assert removed == {"executions": 2, "execution_actions": 2, "logs": 10, "triggers": 2, "notifications": 1}
+    assert query(history, ACME, "SELECT target FROM notifications ORDER BY target") == [
+        ["late@acme.example"], ["new@acme.example"]]
     assert query(history, ACME, "SELECT id FROM executions") == [["new"]]
     assert query(history, ACME, "SELECT DISTINCT execution_id FROM execution_actions") == [["new"]]
     assert query(history, ACME, "SELECT execution_id, count(*) FROM logs GROUP BY 1") == [["new", 4]]
@@ -646,7 +726,9 @@ def test_times_that_are_not_rfc3339_become_null(history: History) -> None:
     logs["ts"] = ["not a time", "2024-05-01T08:00:01Z"]
     write(history, 1, executions=[state], logs=logs,
           triggers=[trigger("t1", "nightly", "12:00 tomorrow", "2024-02-30T00:00:00Z")],
-          definitions=[definition(ACME, "task", "build", "created", "sometime")])
+          definitions=[definition(ACME, "task", "build", "created", "sometime")],
+          notifications=[notification("e1", "ops@acme.example", created_at="now", updated_at="2024-05-01T08:00:01Z",
+                                      sent_at="2024-05-01T25:00:00Z")])
 
     assert history.committed_seq() == 1
     assert query(history, ACME, "SELECT queued_at, started_at, finished_at FROM executions") == [[None, None, None]]
@@ -655,6 +737,8 @@ def test_times_that_are_not_rfc3339_become_null(history: History) -> None:
     assert query(history, ACME, "SELECT ts FROM logs ORDER BY idx") == [[None], ["2024-05-01T08:00:01.000Z"]]
     assert query(history, ACME, "SELECT scheduled_at, fired_at FROM triggers") == [[None, None]]
     assert query(history, ACME, "SELECT valid_from, change FROM tasks") == [[None, "created"]]
+    assert query(history, ACME, "SELECT created_at, updated_at, sent_at FROM notifications") == [
+        [None, "2024-05-01T08:00:01.000Z", None]]
 
 
 @pytest.mark.parametrize(("started_at", "finished_at"), [
