@@ -9,14 +9,15 @@ import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import duckdb
 
 from broker import __version__
 from broker.client import ApiClient
-from broker.connect import ConnectOptions, connect
-from broker.errors import ApiError
+from broker.connect import ConnectOptions, connect, denials_of, is_valid_inbox_prefix
+from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
 from broker.subjects import is_valid_org
 from batchdeck import commands, config, export, history, notify_options, output, supervisor
@@ -31,6 +32,9 @@ def _connection_parser() -> argparse.ArgumentParser:
     group.add_argument("--creds", default=None, metavar="FILE", help=f"NATS credentials file, nkeys/JWT (env {config.ENV_CREDS})")
     group.add_argument("--token", default=None, help=f"NATS auth token (env {config.ENV_TOKEN})")
     group.add_argument("--tls-ca", default=None, metavar="FILE", help=f"CA file to verify the server's TLS (env {config.ENV_TLS_CA})")
+    group.add_argument("--inbox-prefix", default=None, metavar="PREFIX",
+                       help=f"prefix of reply subjects, e.g. _INBOX_acme when the server confines this user's "
+                            f"replies to it (env {config.ENV_INBOX_PREFIX}, default _INBOX)")
     group.add_argument("--org", default=config.default_org(), help=f"organisation (env {config.ENV_ORG}, default 'default')")
     group.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
@@ -43,6 +47,7 @@ def _connect_options(args: argparse.Namespace, name: str) -> ConnectOptions:
         token=args.token or os.environ.get(config.ENV_TOKEN),
         tls_ca=args.tls_ca or os.environ.get(config.ENV_TLS_CA),
         name=name,
+        inbox_prefix=args.inbox_prefix or os.environ.get(config.ENV_INBOX_PREFIX) or None,
     )
 
 
@@ -55,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = _connection_parser()
+    metrics = supervisor.metrics_flags()
 
-    up = sub.add_parser("up", help="start everything on an embedded NATS server (Ctrl-C stops)")
+    up = sub.add_parser("up", parents=[metrics], help="start everything on an embedded NATS server (Ctrl-C stops)")
     _add_server_flags(up)
     up.add_argument("--headless", action="store_true", help="do not open the dashboard")
     up.add_argument("--demo", action="store_true", help="seed example tasks and batches")
@@ -67,10 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     server = sub.add_parser("server", help="start only the embedded NATS server (JetStream, provisioned)")
     _add_server_flags(server)
 
-    broker = sub.add_parser("broker", parents=[common], help="run a control-plane service instance")
+    broker = sub.add_parser("broker", parents=[common, metrics], help="run a control-plane service instance")
     broker.add_argument("--replicas", type=int, default=1, help="stream replicas when provisioning (3 on a cluster)")
 
-    runner = sub.add_parser("runner", parents=[common], help="run a runner: claims and executes runs of its pools")
+    runner = sub.add_parser("runner", parents=[common, metrics], help="run a runner: claims and executes runs of its pools")
     runner.add_argument("--pool", action="append", dest="pools", metavar="NAME", help="a pool to serve; repeat (default: default)")
     runner.add_argument("--concurrency", type=int, default=4, metavar="N", help="runs at once (default 4)")
     runner.add_argument("--name", help="runner id (default: host-pid-random)")
@@ -80,16 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on shutdown, how long running work may finish before it is handed back")
 
-    scheduler = sub.add_parser("scheduler", parents=[common],
+    scheduler = sub.add_parser("scheduler", parents=[common, metrics],
                                help="run a scheduler replica: batch schedules -> triggers (run several for HA)")
     scheduler.add_argument("--name", help="replica id (default: host-pid-random)")
 
-    store = sub.add_parser("store", parents=[common], help="run the store: event history in DuckDB, the history API")
+    store = sub.add_parser("store", parents=[common, metrics], help="run the store: event history in DuckDB, the history API")
     store.add_argument("--db", type=Path, required=True, metavar="PATH", help="the DuckDB history file")
     store.add_argument("--retain-days", type=float, default=None, metavar="N",
                        help="remove history older than N days (checked hourly; default: keep everything)")
 
-    notifier = sub.add_parser("notifier", parents=[common],
+    notifier = sub.add_parser("notifier", parents=[common, metrics],
                               help="run a notifier: email and webhooks when runs end, as the notify rules say")
     notify_options.add_flags(notifier, tuning=True)
 
@@ -118,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if hasattr(args, "org") and not is_valid_org(args.org):
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
+    inbox_prefix = getattr(args, "inbox_prefix", None) or os.environ.get(config.ENV_INBOX_PREFIX)
+    if hasattr(args, "inbox_prefix") and inbox_prefix and not is_valid_inbox_prefix(inbox_prefix):
+        parser.error(f"--inbox-prefix {inbox_prefix!r} is invalid: a subject without wildcards, e.g. _INBOX_acme")
     if args.command == "runner":
         _check_runner_args(parser, args)
     if args.command == "store" and args.retain_days is not None and args.retain_days <= 0:
@@ -165,25 +174,30 @@ async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "up":
         notifier = args.notifier_settings if notify_options.configured(args) else None
         await supervisor.run_up(args.data_dir, args.port, args.host, args.org, args.demo, args.headless, args.runners,
-                                notifier)
+                                notifier, supervisor.metrics_address(args))
     elif args.command == "server":
         await supervisor.run_server(args.data_dir, args.port, args.host)
     elif args.command == "broker":
-        await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas)
+        await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas,
+                                    supervisor.metrics_address(args))
     elif args.command == "runner":
-        await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args)
+        await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args, supervisor.metrics_address(args))
     elif args.command == "scheduler":
-        await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name)
+        await supervisor.run_scheduler(_connect_options(args, "batchdeck-scheduler"), args.name,
+                                       supervisor.metrics_address(args))
     elif args.command == "notifier":
-        await supervisor.run_notifier(_connect_options(args, "batchdeck-notifier"), args.notifier_settings, args.name)
+        await supervisor.run_notifier(_connect_options(args, "batchdeck-notifier"), args.notifier_settings, args.name,
+                                      supervisor.metrics_address(args))
     elif args.command == "tui":
         from tui.run import run_dashboard  # Textual loads only for the dashboard: other commands start faster
 
         await run_dashboard(_connect_options(args, "batchdeck-tui"), args.org)
     elif args.command == "store":
-        await supervisor.run_store(_connect_options(args, "batchdeck-store"), args.db, args.retain_days)
+        await supervisor.run_store(_connect_options(args, "batchdeck-store"), args.db, args.retain_days,
+                                   supervisor.metrics_address(args))
     else:
         nc = await _client_connection(args)
+        started = time.monotonic()
         try:
             api = ApiClient(nc, args.org)
             if args.command == "sql":
@@ -194,6 +208,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 await export.run(api, args)
             else:
                 await commands.run(api, args)
+        except asyncio.TimeoutError:
+            # A JetStream read (`logs` follows the stream) the server refused times out:
+            # say what the server refused rather than "cannot reach NATS".
+            denials = denials_of(nc)
+            refused = denials.latest(lambda _: True, started) if denials is not None else None
+            if refused is None:
+                raise
+            raise Forbidden(refused.describe(), {"operation": refused.operation, "subject": refused.subject}) from None
         finally:
             await nc.close()
     return 0

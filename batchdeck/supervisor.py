@@ -8,18 +8,23 @@ first, so nothing is cut mid-request, the server last.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from broker import streams
 from broker.client import ApiClient
-from broker.connect import ConnectOptions, connect
-from broker.server import EmbeddedServer
+from broker.connect import ConnectOptions, connect, without_credentials
+from broker.metrics import DEFAULT_HOST, Exporter, Metrics
+from broker.server import EmbeddedServer, ServerError
 from broker.service import ControlPlane
 from batchdeck import demo, output
 from runner.service import RunnerService
@@ -40,83 +45,139 @@ async def wait_for_stop_signal() -> None:
     await stop.wait()
 
 
+@dataclass(frozen=True)
+class MetricsAddress:
+    """Where a service process serves Prometheus text (`--metrics-port`, `--metrics-host`)."""
+
+    port: int
+    host: str = DEFAULT_HOST
+
+
+def metrics_flags() -> argparse.ArgumentParser:
+    """`--metrics-port` and `--metrics-host`, for the service commands and `up`."""
+    parser = argparse.ArgumentParser(add_help=False)
+    group = parser.add_argument_group("metrics")
+    group.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                       help="serve Prometheus metrics over HTTP on this port (default: off)")
+    group.add_argument("--metrics-host", default=DEFAULT_HOST, metavar="ADDRESS",
+                       help=f"address the metrics port listens on (default {DEFAULT_HOST})")
+    return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (0-65535; 0: any free one)")
+    return int(text)
+
+
+def metrics_address(args: argparse.Namespace) -> MetricsAddress | None:
+    return None if args.metrics_port is None else MetricsAddress(args.metrics_port, args.metrics_host)
+
+
+@contextlib.contextmanager
+def exporting(address: MetricsAddress | None) -> Iterator[Callable[[Metrics], None]]:
+    """Serve Prometheus text on `address` meanwhile (nothing when None); yields the
+    function that adds a service's metrics to it."""
+    if address is None:
+        yield lambda metrics: None
+        return
+    try:
+        exporter = Exporter(address.port, address.host)
+    except OSError as err:  # the port is taken, the address is not this machine's
+        raise ServerError(f"cannot serve metrics on {address.host}:{address.port}: {err.strerror or err}") from err
+    log.info("Prometheus metrics on http://%s:%d/metrics", address.host, exporter.port)
+    try:
+        yield exporter.add
+    finally:
+        exporter.stop()
+
+
 def _report_drift(drift: list[str]) -> None:
     for line in drift:
         output.errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
-async def run_broker(options: ConnectOptions, replicas: int) -> None:
+async def run_broker(options: ConnectOptions, replicas: int, metrics: MetricsAddress | None = None) -> None:
     """`batchdeck broker`: one control-plane instance against any NATS server."""
-    nc = await connect(options, service=True)
-    plane = ControlPlane(nc, nc.jetstream())
-    try:
-        _report_drift(await plane.start(replicas=replicas))
-        log.info("broker serving bd.*.api.> on %s", options.url)
-        await wait_for_stop_signal()
-    finally:
-        await plane.stop()
-        await nc.drain()
+    with exporting(metrics) as expose:
+        nc = await connect(options, service=True)
+        plane = ControlPlane(nc, nc.jetstream())
+        expose(plane.metrics)
+        try:
+            _report_drift(await plane.start(replicas=replicas))
+            log.info("broker serving bd.*.api.> on %s", without_credentials(options.url))
+            await wait_for_stop_signal()
+        finally:
+            await plane.stop()
+            await nc.drain()
 
 
-async def run_runner(options: ConnectOptions, args) -> None:
+async def run_runner(options: ConnectOptions, args, metrics: MetricsAddress | None = None) -> None:
     """`batchdeck runner`: claim and execute runs until SIGTERM, then drain."""
-    nc = await connect(options, service=True)
-    runner = RunnerService(
-        nc, org=args.org, pools=args.pools, concurrency=args.concurrency, name=args.name, ack_wait=args.ack_wait,
-        grace=args.grace, drain_timeout=args.drain_timeout,
-    )
-    try:
-        await runner.start()
-        await wait_for_stop_signal()
-    finally:
-        await runner.stop()
-        await nc.drain()
+    with exporting(metrics) as expose:
+        nc = await connect(options, service=True)
+        runner = RunnerService(
+            nc, org=args.org, pools=args.pools, concurrency=args.concurrency, name=args.name, ack_wait=args.ack_wait,
+            grace=args.grace, drain_timeout=args.drain_timeout,
+        )
+        expose(runner.metrics)
+        try:
+            await runner.start()
+            await wait_for_stop_signal()
+        finally:
+            await runner.stop()
+            await nc.drain()
 
 
-async def run_scheduler(options: ConnectOptions, name: str | None) -> None:
+async def run_scheduler(options: ConnectOptions, name: str | None, metrics: MetricsAddress | None = None) -> None:
     """`batchdeck scheduler`: one scheduler replica until SIGTERM."""
-    nc = await connect(options, service=True)
-    scheduler = SchedulerService(nc, name)
-    try:
-        await scheduler.start()
-        await wait_for_stop_signal()
-    finally:
-        await scheduler.stop()
-        await nc.drain()
+    with exporting(metrics) as expose:
+        nc = await connect(options, service=True)
+        scheduler = SchedulerService(nc, name)
+        expose(scheduler.metrics)
+        try:
+            await scheduler.start()
+            await wait_for_stop_signal()
+        finally:
+            await scheduler.stop()
+            await nc.drain()
 
 
-async def run_store(options: ConnectOptions, db: Path, retain_days: float | None) -> None:
+async def run_store(options: ConnectOptions, db: Path, retain_days: float | None,
+                    metrics: MetricsAddress | None = None) -> None:
     """`batchdeck store`: ingest events into the history file and answer the history API."""
-    nc = await connect(options, service=True)
-    store = StoreService(nc, db, retain_days)
-    try:
-        await store.start()
-        await wait_for_stop_signal()
-    finally:
-        await store.stop()
-        await nc.drain()
+    with exporting(metrics) as expose:
+        nc = await connect(options, service=True)
+        store = StoreService(nc, db, retain_days)
+        expose(store.metrics)
+        try:
+            await store.start()
+            await wait_for_stop_signal()
+        finally:
+            await store.stop()
+            await nc.drain()
 
 
-async def run_notifier(options: ConnectOptions, settings: NotifierSettings, name: str | None) -> None:
+async def run_notifier(options: ConnectOptions, settings: NotifierSettings, name: str | None,
+                       metrics: MetricsAddress | None = None) -> None:
     """`batchdeck notifier`: deliver notifications until SIGTERM, then let those under way finish."""
-    nc = await connect(options, service=True)
-    settings.log_command = _log_command(options.url)
-    notifier = NotifierService(nc, settings, name)
-    try:
-        await notifier.start()
-        await wait_for_stop_signal()
-    finally:
-        await notifier.stop()
-        await nc.drain()
+    with exporting(metrics) as expose:
+        nc = await connect(options, service=True)
+        settings.log_command = _log_command(options.url)
+        notifier = NotifierService(nc, settings, name)
+        expose(notifier.metrics)
+        try:
+            await notifier.start()
+            await wait_for_stop_signal()
+        finally:
+            await notifier.stop()
+            await nc.drain()
 
 
 def _log_command(url: str) -> str:
     """How an email's reader tails the run's log: `batchdeck logs` against this server
     (its address without credentials)."""
-    first = url.split(",")[0].strip()
-    scheme, sep, rest = first.rpartition("://")
-    address = rest.rsplit("@", 1)[-1]
-    return "batchdeck logs {id} --org {org} --nats " + (f"{scheme}{sep}{address}" if sep else address)
+    return "batchdeck logs {id} --org {org} --nats " + without_credentials(url.split(",")[0])
 
 
 def start_runner_processes(url: str, org: str, count: int, log_file: Path | None = None
@@ -178,10 +239,19 @@ async def run_server(data_dir: Path, port: int | None, host: str) -> None:
 
 async def run_up(
     data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int,
-    notifications: NotifierSettings | None = None,
+    notifications: NotifierSettings | None = None, metrics: MetricsAddress | None = None,
 ) -> None:
     """`batchdeck up`: the embedded server and every service, until Ctrl-C; the notifier
-    too when `notifications` (SMTP or a webhook secret) are set up."""
+    too when `notifications` (SMTP or a webhook secret) are set up. With `metrics`, one
+    Prometheus endpoint for the services of this process (not the runner processes)."""
+    with exporting(metrics) as expose:
+        await _run_up(data_dir, port, host, org, seed_demo, headless, runners, notifications, expose)
+
+
+async def _run_up(
+    data_dir: Path, port: int | None, host: str, org: str, seed_demo: bool, headless: bool, runners: int,
+    notifications: NotifierSettings | None, expose: Callable[[Metrics], None],
+) -> None:
     if not headless:
         _log_to_file(data_dir / LOG_FILE)  # the dashboard owns the terminal
     server = EmbeddedServer(data_dir, port=port, host=host)
@@ -191,14 +261,18 @@ async def run_up(
     try:
         nc = await connect(ConnectOptions(url=server.url, name="batchdeck-up"), service=True)
         plane = ControlPlane(nc, nc.jetstream())
+        expose(plane.metrics)
         _report_drift(await plane.start())
         scheduler = SchedulerService(nc)
+        expose(scheduler.metrics)
         await scheduler.start()
         store = StoreService(nc, data_dir / HISTORY_FILE)
+        expose(store.metrics)
         await store.start()
         if notifications is not None:
             notifications.log_command = _log_command(server.url)
             notifier = NotifierService(nc, notifications)
+            expose(notifier.metrics)
             await notifier.start()
         workers = start_runner_processes(server.url, org, runners, None if headless else data_dir / LOG_FILE)
         if seed_demo:

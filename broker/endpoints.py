@@ -17,7 +17,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request
-from nats.micro.service import Service
+from nats.micro.service import EndpointStats, Service
 
 from broker import __version__, codec, subjects
 from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
@@ -39,8 +39,11 @@ class Endpoints:
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, name: str, description: str, handlers: dict[tuple[str, str], Handler]) -> None:
-        self.service = await add_service(self.nc, name=name, version=__version__, description=description)
+    async def start(self, name: str, description: str, handlers: dict[tuple[str, str], Handler],
+                    stats_handler: Callable[[EndpointStats], Any] | None = None) -> None:
+        """Register the micro service `name`; `stats_handler` gives each endpoint's stats `data`."""
+        self.service = await add_service(self.nc, name=name, version=__version__, description=description,
+                                         stats_handler=stats_handler)
         for (resource, verb), handler in handlers.items():
             await self.service.add_endpoint(
                 name=f"{resource}-{verb}", subject=subjects.api_any_org(resource, verb), handler=self._wrap(handler),

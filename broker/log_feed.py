@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
-from nats.js.api import DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from broker import codec, subjects
+from broker import codec, ids, streams, subjects
 from broker.client import ApiClient
 from broker.errors import Unavailable
 from broker.types import FINAL_STATUSES
@@ -50,12 +50,12 @@ async def log_batches(api: ApiClient, execution_id: str, follow: bool,
     live = _LiveLines(last_idx)
     js = api.nc.jetstream()
     subscriptions = [await js.subscribe(subjects.exec_event(api.org, execution_id, "log"), cb=live.on_log,
-                                        ordered_consumer=True)]
+                                        stream=streams.EVENTS, ordered_consumer=True, config=_named())]
     try:
         if follow:
             subscriptions.append(await js.subscribe(
-                subjects.exec_event(api.org, execution_id, "state"), cb=live.on_state, ordered_consumer=True,
-                deliver_policy=DeliverPolicy.LAST))
+                subjects.exec_event(api.org, execution_id, "state"), cb=live.on_state, stream=streams.EVENTS,
+                ordered_consumer=True, deliver_policy=DeliverPolicy.LAST, config=_named()))
         while True:
             await live.wait_for_lines(FLUSH_SECONDS)
             batch = live.take()
@@ -68,6 +68,13 @@ async def log_batches(api: ApiClient, execution_id: str, follow: bool,
             # The connection may be closing already (the app quits): then nothing is left to release.
             with contextlib.suppress(nats.errors.Error):
                 await subscription.unsubscribe()
+
+
+def _named() -> ConsumerConfig:
+    """A consumer config with a fresh name: nats-py then creates the consumer with its
+    filter in the request subject (`$JS.API.CONSUMER.CREATE.{stream}.{name}.{filter}`),
+    the one form a NATS server can confine to an org's subjects (deploy/nats/auth.conf)."""
+    return ConsumerConfig(name=f"logs_{ids.new_id().lower()}")
 
 
 async def _stored_pages(api: ApiClient, execution_id: str, after_idx: int) -> AsyncIterator[list[LogLineDict]]:

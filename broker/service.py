@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from broker.definitions import Definitions
 from broker.endpoints import Endpoints, Handler
 from broker.errors import ApiError, BadRequest, InternalError, Unavailable
 from broker.executions import Executions
+from broker.metrics import Metrics
 from broker.tasks import cancel_and_wait
 from broker.types import Trigger
 
@@ -28,6 +30,17 @@ log = logging.getLogger("batchdeck.broker")
 
 TRIGGER_CONSUMER = "broker_triggers"
 TRIGGER_MAX_DELIVER = 10
+
+
+@dataclass
+class TriggerCounters:
+    """Since this instance started: what became of the triggers it read, and the
+    executions it queued."""
+
+    handled: int = 0
+    refused: int = 0
+    retried: int = 0
+    executions: int = 0
 
 
 class ControlPlane:
@@ -39,6 +52,20 @@ class ControlPlane:
         self.api = Endpoints(nc)
         self._trigger_loop: asyncio.Task[None] | None = None
         self._trigger_sub: Any = None
+        self.counters = TriggerCounters()
+        self.metrics = self._metrics()
+
+    def _metrics(self) -> Metrics:
+        counted, metrics = self.counters, Metrics("broker")
+        metrics.counter("triggers_handled", "triggers from BD_TRIGGERS turned into an execution (or found to "
+                        "have one) and acked", lambda: counted.handled)
+        metrics.counter("triggers_refused", "triggers dropped for good: refused (unknown or disabled batch, bad "
+                        "body) or given up after their last delivery", lambda: counted.refused)
+        metrics.counter("triggers_retried", "trigger deliveries left to be redelivered", lambda: counted.retried)
+        metrics.counter("executions_started", "executions queued by task.start, batch.start or a trigger",
+                        lambda: counted.executions)
+        metrics.connection(self.nc)
+        return metrics
 
     async def start(self, replicas: int = 1) -> list[str]:
         """Provision streams and buckets, register the endpoints, start consuming
@@ -49,7 +76,8 @@ class ControlPlane:
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)
         self.definitions.module_catalog = self.executions.module_catalog
         await self.api.start(subjects.SERVICE_NAME, "batchdeck control plane: tasks, batches, executions",
-                             self.endpoints())
+                             self.endpoints(), stats_handler=self.metrics.stats_data)
+        self.metrics.attach(self.api.service)
         self._trigger_loop = asyncio.create_task(self._consume_triggers(), name="broker-triggers")
         return drift
 
@@ -66,7 +94,7 @@ class ControlPlane:
             ("task", "list"): d.list_tasks,
             ("task", "update"): d.update_task,
             ("task", "delete"): d.delete_task,
-            ("task", "start"): e.start_task,
+            ("task", "start"): self._counting_starts(e.start_task),
             ("task", "modules"): e.modules,
             ("batch", "create"): d.create_batch,
             ("batch", "get"): d.get_batch,
@@ -74,7 +102,7 @@ class ControlPlane:
             ("batch", "update"): d.update_batch,
             ("batch", "delete"): d.delete_batch,
             ("batch", "status"): d.set_batch_status,
-            ("batch", "start"): e.start_batch,
+            ("batch", "start"): self._counting_starts(e.start_batch),
             ("batch", "devices"): e.devices,
             ("batch", "next"): d.next_fires,
             ("batch", "triggers"): e.triggers,
@@ -83,6 +111,15 @@ class ControlPlane:
             ("exec", "cancel"): e.cancel,
             ("runner", "list"): e.runners,
         }
+
+    def _counting_starts(self, handler: Handler) -> Handler:
+        """`handler`, counting the executions it queues (one per answer that is not an error)."""
+        async def start(org: str, body: bytes) -> Any:
+            reply = await handler(org, body)
+            self.counters.executions += 1
+            return reply
+
+        return start
 
     async def stop(self) -> None:
         if self._trigger_loop is not None:
@@ -122,7 +159,7 @@ class ControlPlane:
             trigger = codec.decode_request(msg.data, Trigger)
             if trigger.batch_id != msg.subject.rsplit(".", 1)[-1]:
                 raise BadRequest(f"trigger for batch {trigger.batch_id!r} published on {msg.subject}")
-            await self.executions.run_trigger(org, trigger)
+            execution = await self.executions.run_trigger(org, trigger)
         except Unavailable as err:
             # Transient (the batch's concurrency slot was contended), or the run could
             # not be enqueued, which recorded a `lost` execution a redelivery finds.
@@ -134,11 +171,15 @@ class ControlPlane:
             log.warning("trigger on %s refused: %s", msg.subject, err.message)
             await self._publish_refused_trigger(org, msg, err)
             await msg.term()
+            self.counters.refused += 1
             return
         except Exception as err:
             await self._retry_trigger(org, msg, InternalError(f"{type(err).__name__}: {err}"), 2.0)
             return
         await msg.ack()
+        self.counters.handled += 1
+        if execution.status == "queued":  # not skipped, and not one a redelivery found already running
+            self.counters.executions += 1
 
     async def _retry_trigger(self, org: str, msg: Any, err: ApiError, delay: float) -> None:
         """Redeliver a trigger that failed for a passing reason; at its last delivery,
@@ -148,9 +189,11 @@ class ControlPlane:
             await self._publish_refused_trigger(
                 org, msg, InternalError(f"given up after {TRIGGER_MAX_DELIVER} deliveries: {err.message}"))
             await msg.term()
+            self.counters.refused += 1
             return
         log.warning("trigger on %s not run yet, will be redelivered: %s", msg.subject, err.message)
         await msg.nak(delay=delay)
+        self.counters.retried += 1
 
     async def _publish_refused_trigger(self, org: str, msg: Any, err: ApiError) -> None:
         batch_id = msg.subject.rsplit(".", 1)[-1]

@@ -27,6 +27,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from broker import codec, ids, streams, subjects
 from broker.buckets import open_buckets
+from broker.metrics import Metrics
 from broker.timestamps import now_iso, seconds_since
 from broker.types import Execution, LogLine, Notification
 from notifier import email, log_tail, webhook
@@ -43,6 +44,8 @@ KEEP_ALIVE = 20.0
 FETCH = 64
 LOG_LINES = 20
 """Log lines an email shows."""
+SERVICE_NAME = "batchdeck-notifier"
+"""The micro service whose stats carry a notifier's metrics (`broker.metrics`)."""
 
 
 @dataclass
@@ -95,6 +98,7 @@ class NotifierService:
         self.settings = settings
         self.id = name or ids.instance_id()
         self.counters = Counters()
+        self.metrics = self._metrics()
         self._fetching = False
         self._task: asyncio.Task[None] | None = None
         self._handling: set[asyncio.Task[None]] = set()
@@ -102,7 +106,25 @@ class NotifierService:
         self.rules: Rules | None = None
         self.claims: Claims | None = None
 
+    def _metrics(self) -> Metrics:
+        counted, metrics = self.counters, Metrics("notifier", self.id)
+        metrics.counter("notifier_events", "execution state events read", lambda: counted.events)
+        metrics.counter("notifier_final_events", "state events of runs that ended (the ones rules are checked on)",
+                        lambda: counted.final)
+        metrics.counter("notifier_old_events", "ended runs not reported because they ended longer ago than "
+                        "--max-age", lambda: counted.old)
+        metrics.counter("notifications_sent", "deliveries recorded sent", lambda: counted.sent)
+        metrics.counter("notifications_failed", "deliveries recorded failed (attempts spent, or a permanent "
+                        "error)", lambda: counted.failed)
+        metrics.counter("notification_attempts", "attempts to deliver (an email sent or a webhook posted)",
+                        lambda: counted.attempts)
+        metrics.gauge("notifier_events_in_progress", "events whose deliveries are under way",
+                      lambda: len(self._handling))
+        metrics.connection(self.nc)
+        return metrics
+
     async def start(self) -> None:
+        await self.metrics.serve(self.nc, SERVICE_NAME, f"batchdeck notifier {self.id}", {"notifier_id": self.id})
         await streams.wait_for_provisioning(self.js, log)
         buckets = await open_buckets(self.js)
         self.rules = Rules(buckets)
@@ -124,6 +146,7 @@ class NotifierService:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self.metrics.close()
 
     # ---- the consumer -----------------------------------------------------------------
 

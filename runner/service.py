@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.client import Client
@@ -29,6 +30,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 
 from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
+from broker.metrics import Metrics
 from broker.timestamps import now_iso
 from broker.types import RunCommand, Runner
 from runner.events import EventStream
@@ -42,6 +44,23 @@ HEARTBEAT_SECONDS = 5.0
 DEFAULT_ACK_WAIT = 30.0
 DEFAULT_GRACE = 10.0
 DEFAULT_DRAIN = 30.0
+
+
+SERVICE_NAME = "batchdeck-runner"
+"""The micro service whose stats carry a runner's metrics (`broker.metrics`)."""
+
+
+@dataclass
+class RunCounters:
+    """Since this runner started: runs it took, how the ones it ended ended, log lines."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    """Ended failed, timed_out or lost."""
+    canceled: int = 0
+    handed_back: int = 0
+    log_lines: int = 0
 
 
 def consumer_name(org: str, pool: str) -> str:
@@ -80,10 +99,27 @@ class RunnerService:
         self._claim_loops: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
         self._cancel_sub: Any = None
+        self.counters = RunCounters()
+        self.metrics = self._metrics()
+
+    def _metrics(self) -> Metrics:
+        counted, metrics = self.counters, Metrics("runner", self.id)
+        metrics.counter("runs_claimed", "runs taken from the pools' queues (a redelivered copy of a run "
+                        "held here is not counted)", lambda: counted.claimed)
+        metrics.counter("runs_succeeded", "runs this runner ended succeeded", lambda: counted.succeeded)
+        metrics.counter("runs_failed", "runs this runner ended failed, timed_out or lost", lambda: counted.failed)
+        metrics.counter("runs_canceled", "runs this runner ended canceled", lambda: counted.canceled)
+        metrics.counter("runs_handed_back", "runs handed back to the queue at shutdown", lambda: counted.handed_back)
+        metrics.gauge("runs_running", "runs held now", lambda: len(self.active))
+        metrics.counter("log_lines_published", "log lines of runs published to BD_EVENTS", lambda: counted.log_lines)
+        metrics.connection(self.nc)
+        return metrics
 
     # ---- lifecycle ---------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.metrics.serve(self.nc, SERVICE_NAME, f"batchdeck runner {self.id}",
+                                 {"runner_id": self.id, "org": self.org, "pools": ",".join(self.pools)})
         await streams.wait_for_provisioning(self.js, log)
         self.buckets = await open_buckets(self.js)
         self.modules = load_modules()
@@ -119,6 +155,7 @@ class RunnerService:
             await asyncio.gather(self._heartbeat_loop, return_exceptions=True)
         if self._cancel_sub is not None:
             await self._cancel_sub.unsubscribe()
+        await self.metrics.close()
         try:  # acks and naks are buffered publishes: send them before the connection goes
             await self.nc.flush(timeout=5)
         except Exception as err:
@@ -224,10 +261,12 @@ class RunnerService:
             await msg.ack()
             return
         run = ActiveRun(command, execution)
-        events = EventStream(self.js, command.org, execution.id, execution.trace)
+        events = _CountedEvents(self.counters, self.js, command.org, execution.id, execution.trace)
         executor = RunExecutor(self.env, run, events)
         keepalive = asyncio.create_task(self._keep_claimed(msg))
         self.active[execution.id] = run
+        self.counters.claimed += 1
+        ended_before = execution.is_final  # a copy whose ack a crash lost: its runner counted it
         try:
             await events.start()
             if await self._ends_before_start(executor, command):
@@ -246,6 +285,19 @@ class RunnerService:
             self.active.pop(execution.id, None)
             keepalive.cancel()
             await events.close()
+            if not ended_before:
+                self._count_end(run)
+
+    def _count_end(self, run: ActiveRun) -> None:
+        status = run.execution.status
+        if status == "succeeded":
+            self.counters.succeeded += 1
+        elif status in ("failed", "timed_out", "lost"):
+            self.counters.failed += 1
+        elif status == "canceled":
+            self.counters.canceled += 1
+        elif run.handback:
+            self.counters.handed_back += 1
 
     async def _ends_before_start(self, executor: RunExecutor, command: RunCommand) -> bool:
         """Settle runs that must not start: already final, cancelled while queued, past
@@ -325,6 +377,19 @@ class RunnerService:
                 await self._heartbeat()
             except Exception as err:
                 log.warning("heartbeat failed: %s", err)
+
+
+class _CountedEvents(EventStream):
+    """An execution's events, counting its log lines for the runner's metrics (every
+    line taken is published: none is dropped)."""
+
+    def __init__(self, counters: RunCounters, *args: Any) -> None:
+        super().__init__(*args)
+        self._counters = counters
+
+    async def log(self, *args: Any, **kwargs: Any) -> None:
+        await super().log(*args, **kwargs)
+        self._counters.log_lines += 1
 
 
 async def _quietly(awaitable) -> None:

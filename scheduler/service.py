@@ -25,6 +25,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from broker import codec, ids, streams, subjects
+from broker.metrics import Metrics
 from broker.tasks import cancel_and_wait
 from broker.timestamps import parse_iso, to_iso
 from broker.types import Batch, Trigger
@@ -44,6 +45,8 @@ moment still fires once)."""
 ACK_TIMEOUT_SECONDS = 5.0
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0)
 MSG_ID = "Nats-Msg-Id"
+SERVICE_NAME = "batchdeck-scheduler"
+"""The micro service whose stats carry a replica's metrics (`broker.metrics`)."""
 
 
 @dataclass
@@ -65,6 +68,9 @@ class SchedulerService:
         self._stamp = Stamp()
         self.membership: Membership | None = None
         self.fired = 0
+        self.trigger_lag = 0.0
+        """Seconds from the last instant fired on time to all of its triggers stored."""
+        self.metrics = self._metrics()
         self._wake = asyncio.Event()
         self._fired_through = utc_now()
         """Every tick up to this instant has been stored."""
@@ -74,9 +80,22 @@ class SchedulerService:
         self._tasks: list[asyncio.Task[Any]] = []
         self._watcher: Any = None
 
+    def _metrics(self) -> Metrics:
+        metrics = Metrics("scheduler", self.id)
+        metrics.counter("ticks_fired", "triggers this replica published and JetStream stored (catch-up and "
+                        "run_on_startup ones included; every replica fires every tick)", lambda: self.fired)
+        metrics.gauge("trigger_lag_seconds", "seconds from the scheduled time of the last instant fired to all of "
+                      "its triggers stored", lambda: self.trigger_lag)
+        metrics.gauge("batches_scheduled", "enabled batches with a schedule this replica follows",
+                      lambda: len(self.timeline))
+        metrics.connection(self.nc)
+        return metrics
+
     async def start(self) -> None:
         """Join the fleet, load every batch (firing what was missed and, on a fresh
         fleet start, `run_on_startup`), then follow changes and fire on time."""
+        await self.metrics.serve(self.nc, SERVICE_NAME, f"batchdeck scheduler replica {self.id}",
+                                 {"replica_id": self.id})
         await streams.wait_for_provisioning(self.js, log)
         started = utc_now()
         self.membership = await self.fleet.join(started)
@@ -110,6 +129,7 @@ class SchedulerService:
         if self.membership is not None:
             await self.fleet.leave(utc_now(), self._watermark(utc_now()), len(self.timeline))
         await self.publisher.stop()
+        await self.metrics.close()
 
     # ---- batches -----------------------------------------------------------------
 
@@ -169,6 +189,8 @@ class SchedulerService:
                 # A batch disabled, deleted or rescheduled while we waited does not fire.
                 prepared = [p for p in prepared if self._still_due(p)]
             await self._publish(prepared)
+            if prepared:
+                self.trigger_lag = (utc_now() - due).total_seconds()
             self._fired_through, self._firing = max(due, now), False
 
     def _prepare(self, ticks: list[Tick]) -> list[Prepared]:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 from typing import Any
 
 import msgspec
@@ -43,6 +44,8 @@ TRACE_OFF = "false"
 TRACE_HEADER = subjects.TRACE_HEADER.encode()
 ACK_V1_TOKENS = 9
 ACK_V2_MIN_TOKENS = 11
+ACK_V1_PENDING = 8
+ACK_V2_PENDING = 10
 
 
 # Events are decoded into the contract's types: anything that reaches the database has
@@ -66,7 +69,29 @@ class Ingest:
         """The last sequence handed to a write: committed, or being written."""
         self.events = 0
         self.skipped = 0
+        self.stream_last_seq = 0
+        """BD_EVENTS' last sequence as last seen: at each (re)start, and with each batch
+        read (its last message's sequence plus the messages pending after it)."""
+        self._unreadable_through = 0
+        """Events up to here expired before the store read them: they count as no lag."""
+        self._behind_since: float | None = None
         self.puller: Puller | None = None
+
+    @property
+    def lag_events(self) -> int:
+        """Events in BD_EVENTS the history does not hold yet (as of the last batch read)."""
+        return max(0, self.stream_last_seq - max(self.committed, self._unreadable_through))
+
+    def lag_seconds(self) -> float:
+        """How long the history has been behind BD_EVENTS; 0 while it holds every event."""
+        since = self._behind_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def _note_lag(self) -> None:
+        if self.lag_events == 0:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
 
     async def run(self) -> None:
         """Ingest until cancelled; NATS trouble is retried."""
@@ -115,10 +140,12 @@ class Ingest:
             await asyncio.to_thread(self.history.write, batch)
             self.committed = batch.last_seq
             self.events += batch.events
+            self._note_lag()
         await self.puller.ack(last)
 
     async def _reset_consumer(self, start: int) -> None:
         info = await self.js.stream_info(streams.EVENTS)
+        self.stream_last_seq = info.state.last_seq
         if start > info.state.last_seq + 1:
             log.warning("%s ends at event %d but the history holds events up to %d: the stream was "
                         "re-created; reading it from its start", streams.EVENTS, info.state.last_seq, start - 1)
@@ -129,6 +156,8 @@ class Ingest:
                 log.warning("events %d-%d expired from %s before the store read them", start,
                             info.state.first_seq - 1, streams.EVENTS)
             start = info.state.first_seq
+        self._unreadable_through = start - 1
+        self._note_lag()
         try:
             await self.js.delete_consumer(streams.EVENTS, CONSUMER)
         except NotFoundError:
@@ -160,6 +189,8 @@ class Ingest:
                 self._add(batch, message[SUBJECT].decode(errors="replace"), org, kind, what, message[DATA])
         batch.events += lines.into(batch.logs)
         batch.last_seq = last
+        self.stream_last_seq = max(self.stream_last_seq, last + _pending_after(messages[-1]))
+        self._note_lag()
         return batch
 
     def _add(self, batch: Batch, subject: str, org: str, kind: str, what: str | None, data: bytes) -> None:
@@ -206,6 +237,17 @@ def _stream_seq(message: RawMessage) -> int:
     if len(tokens) >= ACK_V2_MIN_TOKENS and tokens[:2] == [b"$JS", b"ACK"]:
         return int(tokens[7])
     raise ValueError(f"not a JetStream message: reply subject {message[REPLY]!r}")
+
+
+def _pending_after(message: RawMessage) -> int:
+    """The messages the consumer had left after this one, from its reply subject (0 when
+    the subject does not say)."""
+    tokens = message[REPLY].split(b".")
+    index = ACK_V1_PENDING if len(tokens) == ACK_V1_TOKENS else ACK_V2_PENDING
+    try:
+        return int(tokens[index])
+    except (IndexError, ValueError):
+        return 0
 
 
 @functools.lru_cache(maxsize=65536)

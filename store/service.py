@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from broker import codec, streams
 from broker.endpoints import Endpoints, Handler
 from broker.errors import BadRequest, NotFound
+from broker.metrics import Metrics
 from broker.tasks import cancel_and_wait
 from broker.timestamps import request_time
 from broker.types import Id, ListRequest, Page, Runner
@@ -66,11 +67,27 @@ class StoreService:
         self.retain_days = retain_days
         self.ingest = Ingest(nc, self.history)
         self.api = Endpoints(nc)
+        self.metrics = self._metrics()
         self._tasks: list[asyncio.Task[Any]] = []
+
+    def _metrics(self) -> Metrics:
+        ingest, metrics = self.ingest, Metrics("store")
+        metrics.counter("events_ingested", "events written to the history (log lines, states, triggers, "
+                        "definition changes, notifications)", lambda: ingest.events)
+        metrics.counter("events_untraced", "events of `trace: false` runs read and not stored", lambda: ingest.skipped)
+        metrics.gauge("ingest_committed_seq", "the last BD_EVENTS sequence the history holds", lambda: ingest.committed)
+        metrics.gauge("ingest_lag_events", "BD_EVENTS events the history does not hold yet (stream last sequence "
+                      "minus the committed one, as of the last batch read)", lambda: ingest.lag_events)
+        metrics.gauge("ingest_lag_seconds", "seconds since the store noticed it was behind BD_EVENTS; 0 while "
+                      "caught up", ingest.lag_seconds)
+        metrics.connection(self.nc)
+        return metrics
 
     async def start(self) -> None:
         await streams.wait_for_provisioning(self.js, log)
-        await self.api.start(SERVICE_NAME, "batchdeck history: logs, results, SQL", self.endpoints())
+        await self.api.start(SERVICE_NAME, "batchdeck history: logs, results, SQL", self.endpoints(),
+                             stats_handler=self.metrics.stats_data)
+        self.metrics.attach(self.api.service)
         self._tasks = [asyncio.create_task(self.ingest.run(), name="store-ingest"),
                        asyncio.create_task(self._follow_runners(), name="store-runners")]
         if self.retain_days:

@@ -96,10 +96,13 @@ class BatchdeckApp(App[None]):
                     self.connection = f"unreachable: {err or type(err).__name__}"
                     await asyncio.sleep(RETRY_CONNECT)
             self.api = ApiClient(self.nc, self.org)
-        self.live = LiveState(self.api, self._changed)
+        self.live = LiveState(self.api, self._changed, self._live_warning)
         await self.live.start()
         self.connection = "connected"
         self._changed("batches")
+
+    def _live_warning(self, text: str) -> None:
+        self.notify(text, title="live view", severity="warning", timeout=10)
 
     async def _on_disconnected(self) -> None:
         if self.nc is not None and not self.nc.is_closed:

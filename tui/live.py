@@ -15,7 +15,9 @@ watches' consumers, and a fresh load also drops what was deleted meanwhile.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +28,10 @@ from nats.js.errors import Error as JetStreamError
 
 from broker import codec, streams, subjects
 from broker.client import ApiClient
+from broker.connect import denials_of
 from broker.errors import ApiError
 from broker.tasks import cancel_and_wait
-from broker.types import Batch, Execution, Progress, Runner, Task
+from broker.types import Batch, DefinitionEvent, Execution, Progress, Runner, Task
 
 log = logging.getLogger("batchdeck.tui")
 
@@ -55,11 +58,14 @@ class LiveState:
     """Batches, tasks, runners and recent executions of one org, by id.
 
     `on_change(kind)` is called (on the event loop) after each change; callers coalesce.
+    `on_warning(text)` hears what cannot be shown (a watch or the listing that failed).
     """
 
-    def __init__(self, api: ApiClient, on_change: Callable[[Kind], None]) -> None:
+    def __init__(self, api: ApiClient, on_change: Callable[[Kind], None],
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.api = api
         self.on_change = on_change
+        self.on_warning = on_warning
         self.batches: dict[str, Batch] = {}
         self.tasks: dict[str, Task] = {}
         self.runners: dict[str, Runner] = {}
@@ -67,6 +73,9 @@ class LiveState:
         self.loaded = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: list[Any] = []
+        self._runners_via_api = False
+        """Runners come from `runner.list` (the watch was refused): reloaded when a run names a new one."""
+        self._reloading_runners = False
 
     @property
     def nc(self) -> Client:
@@ -79,7 +88,7 @@ class LiveState:
         ready = [asyncio.Event() for _ in _WATCHED]
         for (kind, (bucket, type_)), event in zip(_WATCHED.items(), ready, strict=True):
             self._tasks.append(asyncio.create_task(self._watch(js, kind, bucket, type_, event), name=f"tui-{kind}"))
-        self._subscriptions = [
+        self._subscriptions += [  # a watch refused meanwhile may have added its own
             await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "state"), cb=self._on_state),
             await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "progress"), cb=self._on_progress),
         ]
@@ -106,11 +115,24 @@ class LiveState:
 
     async def _watch(self, js: Any, kind: Kind, bucket: str, type_: type[msgspec.Struct],
                      ready: asyncio.Event) -> None:
+        started = time.monotonic()
         try:
             kv = await js.key_value(bucket)
             watcher = await kv.watch(f"{self.api.org}.*")
         except (JetStreamError, NatsError, asyncio.TimeoutError) as err:
-            log.warning("cannot watch %s: %s", bucket, err)
+            denials = denials_of(self.nc)
+            refused = denials.latest(lambda d: bucket in d.subject, started) if denials is not None else None
+            reason = refused.describe() if refused is not None else str(err) or type(err).__name__
+            if refused is not None:
+                # A confined user (deploy/nats/auth.conf) may not watch: the API's lists and
+                # the org's definition events serve instead.
+                log.info("cannot watch %s (%s): following %s through the API", bucket, reason, kind)
+                await self._follow_by_api(kind, type_)
+                ready.set()
+                return
+            log.warning("cannot watch %s: %s", bucket, reason)
+            if self.on_warning is not None:  # the user sees an empty pane: say why
+                self.on_warning(f"cannot watch {bucket} ({kind} are not shown or kept current): {reason}")
             ready.set()  # show what there is; a reconnect tries again
             return
         fresh: dict[str, Any] = {}
@@ -144,6 +166,57 @@ class LiveState:
             except (NatsError, AttributeError):
                 pass
 
+    async def _follow_by_api(self, kind: Kind, type_: type[msgspec.Struct]) -> None:
+        """`kind` from the API's list, kept current by the definition events of the org
+        (batches, tasks) or reloaded when a run names a runner not known yet (runners)."""
+        resource = {"batches": "batch", "tasks": "task", "runners": "runner"}[kind]
+        if kind == "runners":
+            self._runners_via_api = True
+        else:
+            subject = subjects.definition_event(self.api.org, resource, "*")
+            self._subscriptions.append(await self.nc.subscribe(
+                subject, cb=functools.partial(self._on_definition, kind, type_)))
+        try:
+            items = await self._list_all(resource)
+        except ApiError as err:
+            if self.on_warning is not None:
+                self.on_warning(f"cannot list {kind}: {err.message}")
+            return
+        records: dict[str, Any] = {}
+        for item in items:
+            try:
+                record = msgspec.convert(item, type_)
+            except msgspec.ValidationError:
+                continue
+            records[record.id] = record
+        setattr(self, kind, records)
+        self.on_change(kind)
+
+    async def _list_all(self, resource: str) -> list[dict[str, Any]]:
+        if resource == "runner":
+            return (await self.api.call("runner", "list", {}))["items"]
+        items, page = [], 1
+        while True:
+            reply = await self.api.call(resource, "list", {"page": page, "per_page": 1000})
+            items += reply["items"]
+            if page >= reply["pages"]:
+                return items
+            page += 1
+
+    async def _on_definition(self, kind: Kind, type_: type[msgspec.Struct], msg: Any) -> None:
+        try:
+            event = codec.decode(msg.data, DefinitionEvent)
+            record = msgspec.convert(event.definition, type_)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return
+        records = getattr(self, kind)
+        known = records.get(event.id)
+        if event.change == "deleted":
+            records.pop(event.id, None)
+        elif known is None or known.version <= record.version:
+            records[event.id] = record
+        self.on_change(kind)
+
     # ---- executions: a page, then state events --------------------------------------
 
     async def _load_executions(self) -> None:
@@ -151,6 +224,8 @@ class LiveState:
             page = await self.api.call("exec", "list", {"per_page": EXECUTIONS_LOADED, "sort": "-queued_at"})
         except ApiError as err:
             log.warning("cannot list executions: %s", err.message)
+            if self.on_warning is not None:
+                self.on_warning(f"cannot list executions: {err.message}")
             return
         for item in page["items"]:
             self._keep(msgspec.convert(item, Execution))
@@ -163,6 +238,13 @@ class LiveState:
             return
         if self._keep(execution):
             self.on_change("executions")
+        if (self._runners_via_api and not self._reloading_runners and execution.runner_id
+                and execution.runner_id not in self.runners):
+            self._reloading_runners = True
+            try:
+                await self._follow_by_api("runners", Runner)
+            finally:
+                self._reloading_runners = False
 
     async def _on_progress(self, msg: Any) -> None:
         try:
