@@ -18,6 +18,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from broker.buckets import Buckets
 from broker.records import VersionConflict
@@ -31,6 +34,11 @@ from runner.starts import StartCounter
 
 log = logging.getLogger("batchdeck.runner")
 
+TRANSIENT_KV_ERRORS = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, NoStreamResponseError,
+                       ServiceUnavailableError)
+"""What a KV write raises while JetStream elects a leader or a server restarts."""
+SAVE_RETRY_LIMIT = 30.0
+"""A save retries with doubling pauses while the next pause is at most this (about a minute in all)."""
 PROGRESS_SAVE_INTERVAL = 1.0
 """Seconds between writes of progress to bd_execs (progress events go out at once)."""
 
@@ -89,12 +97,22 @@ class RunExecutor:
         """Compare-and-set the execution, keeping a cancel flag set meanwhile. The lines
         logged before are stored first: whoever reads a final state finds every line."""
         await self.events.flush()
+        pause = 0.1
         while True:
             try:
                 self.run.execution = await self.env.buckets.execs.update(
                     self.org, self.execution.id, self.execution, self.execution.version
                 )
                 break
+            except TRANSIENT_KV_ERRORS as err:
+                # A JetStream leader change or a server restart: the write is tried again
+                # (a write that did land comes back as a VersionConflict, handled below),
+                # never taken for the runner's death.
+                if pause > SAVE_RETRY_LIMIT:
+                    raise
+                log.warning("saving execution %s: %r; retrying", self.execution.id, err)
+                await asyncio.sleep(pause)
+                pause *= 2
             except VersionConflict:
                 stored = await self.env.buckets.execs.get(self.org, self.execution.id)
                 if stored is None:

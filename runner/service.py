@@ -32,7 +32,7 @@ from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
 from broker.metrics import Metrics
 from broker.timestamps import now_iso
-from broker.types import RunCommand, Runner
+from broker.types import Execution, RunCommand, Runner
 from runner.events import EventStream
 from runner.execution import ActiveRun, FinishedElsewhere, Outcome, RunEnvironment, RunExecutor, deadline_passed
 from runner.modules import load_modules
@@ -61,6 +61,10 @@ class RunCounters:
     canceled: int = 0
     handed_back: int = 0
     log_lines: int = 0
+
+
+UNKNOWN_EXECUTION_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.5)
+"""Pauses between reads of an execution a run names but bd_execs does not show yet."""
 
 
 def consumer_name(org: str, pool: str) -> str:
@@ -243,6 +247,17 @@ class RunnerService:
 
     # ---- one run -----------------------------------------------------------------
 
+    async def _execution_of(self, command: RunCommand) -> Execution | None:
+        """The run's execution in bd_execs. A replicated bucket answers reads from any
+        replica (direct get), and a follower may not have the broker's write yet: a
+        missing one is asked for again for a few seconds before the run is dropped."""
+        for pause in UNKNOWN_EXECUTION_RETRIES:
+            execution = await self.buckets.execs.get(command.org, command.execution_id)
+            if execution is not None:
+                return execution
+            await asyncio.sleep(pause)
+        return await self.buckets.execs.get(command.org, command.execution_id)
+
     async def _handle(self, msg: Msg) -> None:
         try:
             command = codec.decode(msg.data, RunCommand)
@@ -255,7 +270,7 @@ class RunnerService:
             # run goes on here and acks when it ends; this copy is left alone.
             log.warning("run of %s redelivered while this runner runs it; ignoring the copy", command.execution_id)
             return
-        execution = await self.buckets.execs.get(command.org, command.execution_id)
+        execution = await self._execution_of(command)
         if execution is None:
             log.warning("run of unknown execution %s (expired from bd_execs?); dropped", command.execution_id)
             await msg.ack()

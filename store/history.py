@@ -171,15 +171,7 @@ class History:
         ]
         if actions:
             insert_columns(cursor, "execution_actions", ACTION_COLUMNS, _columns(actions, ACTION_COLUMNS))
-        final = [r for r in rows if r.get("runner_id") and r.get("finished_at")]
-        for row in final:
-            cursor.execute(
-                "INSERT INTO bd_history.runners (org, id, first_seen, last_seen, executions) "
-                "VALUES (?, ?, TRY_CAST(? AS TIMESTAMPTZ), TRY_CAST(? AS TIMESTAMPTZ), 1) "
-                "ON CONFLICT (org, id) DO UPDATE SET last_seen = greatest(runners.last_seen, excluded.last_seen), "
-                "executions = runners.executions + 1",
-                [row["org"], row["runner_id"], row.get("started_at") or row["finished_at"], row["finished_at"]],
-            )
+        _count_runs_of_runners(cursor, [r for r in rows if r.get("runner_id") and r.get("finished_at")])
 
     def record_runner(self, org: str, runner_id: str, host: str, pools: list[str], started_at: str | None,
                       seen_at: str | None) -> None:
@@ -227,6 +219,28 @@ def _write_notifications(cursor: duckdb.DuckDBPyConnection, rows: list[dict[str,
     updates = ", ".join(f"{c} = excluded.{c}" for c in NOTIFICATION_COLUMNS if c not in NOTIFICATION_KEY)
     insert_columns(cursor, "notifications", NOTIFICATION_COLUMNS, _columns(rows, NOTIFICATION_COLUMNS),
                    f"ON CONFLICT ({', '.join(NOTIFICATION_KEY)}) DO UPDATE SET {updates}")
+
+
+def _count_runs_of_runners(cursor: duckdb.DuckDBPyConnection, final: list[dict[str, Any]]) -> None:
+    """Each runner's finished executions of the batch, added to its `runners` row in one
+    statement (a row at a time cost about 10 ms per execution under load)."""
+    if not final:
+        return
+    seen: dict[tuple[str, str], list[Any]] = {}  # (org, runner) -> [first, last, count]
+    for row in final:
+        first, last = row.get("started_at") or row["finished_at"], row["finished_at"]
+        entry = seen.setdefault((row["org"], row["runner_id"]), [first, last, 0])
+        entry[0], entry[1], entry[2] = min(entry[0], first), max(entry[1], last), entry[2] + 1
+    keys = list(seen)
+    cursor.execute(
+        "INSERT INTO bd_history.runners (org, id, first_seen, last_seen, executions) "
+        "SELECT org, id, TRY_CAST(first AS TIMESTAMPTZ), TRY_CAST(last AS TIMESTAMPTZ), n FROM "
+        "(SELECT unnest(?) AS org, unnest(?) AS id, unnest(?) AS first, unnest(?) AS last, unnest(?) AS n) "
+        "ON CONFLICT (org, id) DO UPDATE SET last_seen = greatest(runners.last_seen, excluded.last_seen), "
+        "executions = runners.executions + excluded.executions",
+        [[k[0] for k in keys], [k[1] for k in keys], [seen[k][0] for k in keys], [seen[k][1] for k in keys],
+         [seen[k][2] for k in keys]],
+    )
 
 
 def _record_seq(cursor: duckdb.DuckDBPyConnection, seq: int) -> None:

@@ -352,3 +352,22 @@ async def test_the_header_says_reconnecting_and_the_lists_come_back_after_a_nats
         await plane.stop()
         await nc.close()
         server.stop()
+
+
+def test_the_live_set_of_executions_stays_bounded_through_a_burst_of_starts():
+    """A burst of queued runs (tens of thousands) must not grow the dashboard's set;
+    running runs are never forgotten. (The cost per event: benchmarks/load.py.)"""
+    from broker.types import Execution
+    from tui.live import EXECUTIONS_KEPT, FORGET_SLACK, LiveState
+
+    live = LiveState(None, lambda kind: None)  # type: ignore[arg-type] - no API needed to keep records
+    running = [Execution(id=f"run-{i:05d}", org="o", name="r", status="running", queued_at=f"2026-12-01T00:00:{i % 60:02d}Z")
+               for i in range(50)]
+    for execution in running:
+        live._keep(execution)
+    for i in range(20_000):
+        live._keep(Execution(id=f"q-{i:05d}", org="o", name="q", status="queued",
+                             queued_at=f"2026-12-02T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"))
+    assert len(live.executions) <= EXECUTIONS_KEPT + FORGET_SLACK
+    assert all(e.id in live.executions for e in running)
+    assert "q-19999" in live.executions and "q-00000" not in live.executions  # the oldest queued went first

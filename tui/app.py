@@ -136,9 +136,9 @@ class BatchdeckApp(App[None]):
         self._pending.add(kind)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self.set_timer(REFRESH, self._flush)
+            self.set_timer(REFRESH, self._flush_changes)
 
-    def _flush(self) -> None:
+    def _flush_changes(self) -> None:  # not `_flush`: Textual's App has one
         kinds, self._pending, self._flush_scheduled = frozenset(self._pending), set(), False
         if self.screen_stack:  # none while the app shuts down
             self.screen.post_message(LiveChanged(kinds))

@@ -38,7 +38,9 @@ log = logging.getLogger("batchdeck.tui")
 EXECUTIONS_LOADED = 1000
 """Executions read at start (the newest; `exec.list` pages hold at most 1000)."""
 EXECUTIONS_KEPT = 5000
-"""Finished executions kept in memory; the oldest go first (running ones always stay)."""
+"""Executions kept in memory; the oldest finished go first, then the oldest queued (running ones stay)."""
+FORGET_SLACK = 500
+"""How far past EXECUTIONS_KEPT the set may grow before it is trimmed back."""
 
 Kind = str
 """Which collection changed: "batches", "tasks", "runners" or "executions"."""
@@ -107,8 +109,11 @@ class LiveState:
         self._subscriptions = []
 
     async def resync(self) -> None:
-        """Start over after a reconnect: fresh watches, a fresh page of executions."""
+        """Start over after a reconnect: fresh watches, a fresh page of executions (the
+        old ones dropped: runs that ended while the connection was gone would otherwise
+        stay `running` here)."""
         await self.stop()
+        self.executions = {}
         await self.start()
 
     # ---- definitions and runners: KV watches -----------------------------------------
@@ -262,14 +267,23 @@ class LiveState:
         if known is not None and known.version >= execution.version:
             return False
         self.executions[execution.id] = execution
-        if len(self.executions) > EXECUTIONS_KEPT:
+        if len(self.executions) > EXECUTIONS_KEPT + FORGET_SLACK:
             self._forget_oldest()
         return True
 
     def _forget_oldest(self) -> None:
-        finished = sorted((e for e in self.executions.values() if e.is_final), key=lambda e: e.queued_at or "")
-        for execution in finished[: len(self.executions) - EXECUTIONS_KEPT]:
-            del self.executions[execution.id]
+        """Back to EXECUTIONS_KEPT: the oldest finished go first, then the oldest queued
+        (a burst of starts must not grow the set without bound); running ones stay. Done
+        FORGET_SLACK changes at a time, so its sort is not paid on every event."""
+        excess = len(self.executions) - EXECUTIONS_KEPT
+        by_age = sorted(self.executions.values(), key=lambda e: e.queued_at or "")
+        for wanted in (lambda e: e.is_final, lambda e: e.status == "queued"):
+            for execution in by_age:
+                if excess <= 0:
+                    return
+                if execution.id in self.executions and wanted(execution):
+                    del self.executions[execution.id]
+                    excess -= 1
 
     # ---- views -------------------------------------------------------------------------
 

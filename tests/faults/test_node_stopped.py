@@ -1,0 +1,157 @@
+"""One of the three NATS nodes stopped while runs are being dispatched, then started again.
+
+A broker and two runner processes connect with the whole server list; a client on the
+two nodes that stay up keeps starting no-op runs (4 requests in flight, a short pause
+after each reply; a request that times out, finds no responder or fails is sent again).
+After a warm-up the node leading BD_RUNS is stopped (SIGTERM) and kept down until 30
+more starts are acknowledged (and at least 2 s); then it is started again and the load
+goes on for 30 starts more. Dispatch goes on while the node is down (once the streams it
+led have elected new leaders); every acknowledged start has one execution, which runs
+once and succeeds; the node that came back holds the same BD_RUNS, BD_EVENTS and
+`bd_execs` as their leaders (the same last sequence). A request sent again may leave an
+execution nobody was told about (task.start has no idempotency key): counted, and it
+must belong to a request that was sent again.
+
+Known product bug, reported with the figures: a runner whose write of an execution's
+state fails for a passing JetStream error (a stream leader moving to another node)
+drops the run ("run crashed: NoStreamResponseError()"); the run is redelivered after
+ack_wait and, seen `running`, ends `lost` (or runs again, with retries left), although
+no runner stopped. When that happens the test ends as an expected failure naming the
+runs, after checking everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import Counter
+
+import pytest
+
+from broker.errors import InternalError, Timeout, Unavailable
+
+pytestmark = pytest.mark.slow
+
+IN_FLIGHT = 4
+PAUSE = 0.05
+REQUEST_TIMEOUT = 5.0
+PHASE_STARTS = 30
+"""Starts acknowledged before the stop, while the node is down, and after it is back."""
+MIN_DOWN_SECONDS = 2.0
+COMPARED = ("BD_RUNS", "BD_EVENTS", "KV_bd_execs")
+
+
+async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
+    cluster, services, client_on, make_task, wait_for, list_executions, figures
+):
+    await services.broker()
+    await asyncio.gather(services.runner("r1", ack_wait=5), services.runner("r2", ack_wait=5))
+
+    async def runs_leader() -> str | None:
+        return cluster.nodes[0].stream_states().get("BD_RUNS", {}).get("cluster", {}).get("leader")
+
+    victim = cluster.node(await wait_for(runs_leader, 30, 0.1, "a leader of BD_RUNS"))
+    others = [node for node in cluster.nodes if node is not victim]
+    client = await client_on(*others)
+    task = await make_task(client, {"name": "noop", "module": "noop"})
+    acked: dict[int, str] = {}
+    acked_at: list[tuple[float, float]] = []  # (sent, acknowledged)
+    tries: Counter[int] = Counter()
+    refusals: Counter[str] = Counter()
+    numbers = itertools.count()
+    stop_load = asyncio.Event()
+
+    async def requester() -> None:
+        while not stop_load.is_set():
+            n = next(numbers)
+            while True:
+                tries[n] += 1
+                sent = time.monotonic()
+                try:
+                    reply = await client.call("task", "start", {"id": task["id"], "context": {"n": n}},
+                                              timeout=REQUEST_TIMEOUT)
+                except (Timeout, Unavailable, InternalError) as err:
+                    # InternalError: a JetStream write failed while a leader moved
+                    # (the broker answers 500, not 503: reported with the figures).
+                    refusals[f"{err.code} {err.message[:60]}"] += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                acked[n] = reply["execution_id"]
+                acked_at.append((sent, time.monotonic()))
+                break
+            await asyncio.sleep(PAUSE)
+
+    async def acknowledged_since(moment: float, count: int, at_least: float = 0.0) -> bool:
+        if load.done():
+            load.result()  # a requester failed: say why
+        return time.monotonic() - moment >= at_least and sum(1 for _, t in acked_at if t > moment) >= count
+
+    began = time.monotonic()
+    load = asyncio.gather(*(requester() for _ in range(IN_FLIGHT)))
+    await wait_for(lambda: acknowledged_since(began, PHASE_STARTS), 120, 0.05, "the warm-up starts")
+    await asyncio.to_thread(cluster.stop_node, victim)
+    stopped = time.monotonic()
+    await wait_for(lambda: acknowledged_since(stopped, PHASE_STARTS, MIN_DOWN_SECONDS), 120, 0.05,
+                   f"{PHASE_STARTS} starts acknowledged with {victim.name} down")
+    await asyncio.to_thread(cluster.start_node, victim)
+    restarted = time.monotonic()
+    await wait_for(lambda: acknowledged_since(restarted, PHASE_STARTS), 120, 0.05,
+                   f"{PHASE_STARTS} starts acknowledged after {victim.name} is back")
+    stop_load.set()
+    await asyncio.wait_for(load, 120)
+    elapsed = time.monotonic() - began
+    acked_while_down = sum(1 for _, t in acked_at if stopped < t <= restarted)
+    resumed = min(t for sent, t in acked_at if sent > stopped) - stopped
+
+    async def acked_final() -> list[dict] | None:
+        items = await list_executions(client)
+        by_id = {e["id"]: e for e in items}
+        pending = [i for i in acked.values() if by_id.get(i, {}).get("status") in (None, "queued", "running")]
+        if pending and all(by_id.get(i, {}).get("status") == "queued" for i in pending):
+            services.xfail_if_dropped(pending)
+        return items if not pending else None
+
+    items = await wait_for(acked_final, 120, 0.2, "every acknowledged start's run final")
+
+    async def caught_up() -> dict | None:
+        if not victim.healthy():
+            return None
+        mine = victim.stream_states()
+        leaders = {name: cluster.node(mine[name]["cluster"]["leader"]).stream_states()[name]["state"]
+                   for name in COMPARED if mine.get(name, {}).get("cluster", {}).get("leader")}
+        if len(leaders) < len(COMPARED):
+            return None
+        same = all(mine[name]["state"]["last_seq"] == leaders[name]["last_seq"] for name in COMPARED)
+        return {name: mine[name]["state"]["last_seq"] for name in COMPARED} if same else None
+
+    last_seqs = await wait_for(caught_up, 60, 0.2, f"{victim.name} holding the same streams as the leaders")
+    catch_up = time.monotonic() - restarted
+
+    # In: every acknowledged start. Out: its execution, final, once; nothing else but
+    # what a request that was sent again left behind.
+    starts = len(acked)
+    by_id = {e["id"]: e for e in items}
+    retried = {n for n, count in tries.items() if count > 1}
+    extras = [e for e in items if e["id"] not in set(acked.values())]
+    outcomes = Counter(by_id[i]["status"] for i in acked.values() if i in by_id)
+    attempts = Counter(by_id[i]["attempt"] for i in acked.values() if i in by_id)
+    figures.add(f"{starts} starts (no-op runs, 2 runners, {IN_FLIGHT} requests in flight) in {elapsed:.1f} s; "
+                f"{victim.name} (BD_RUNS leader) stopped for {restarted - stopped:.1f} s: the first start sent "
+                f"after the stop was acknowledged {resumed:.2f} s after it, {acked_while_down} acknowledged while "
+                f"it was down; outcomes {dict(outcomes)}, attempts {dict(sorted(attempts.items()))}; "
+                f"{len(retried)} requests sent again ({dict(refusals)}), {len(extras)} executions nobody was told "
+                f"about ({dict(Counter(e['status'] for e in extras))}); the restarted node held the leaders' last "
+                f"sequences {last_seqs} {catch_up:.1f} s after its start")
+    assert len(set(acked.values())) == starts
+    assert set(acked.values()) <= set(by_id), "an acknowledged start has no execution"
+    assert all(e["context"]["n"] in retried for e in extras), extras
+    for n, execution_id in acked.items():
+        assert by_id[execution_id]["context"] == {"n": n}, by_id[execution_id]
+    dropped = [by_id[i] for i in acked.values() if by_id[i]["status"] != "succeeded"]
+    if dropped and all(e["status"] == "lost" and "stopped during attempt" in (e["error"] or "") for e in dropped):
+        pytest.xfail(f"product bug: {len(dropped)} runs ended lost while no runner stopped (a runner drops a run "
+                     f"when a bd_execs write fails during a leader change): "
+                     f"{[(e['id'], e['runner_id'], e['error']) for e in dropped][:5]}")
+    assert not dropped, [(e["id"], e["status"], e["runner_id"], e["error"]) for e in dropped]
+    assert set(attempts) == {1}, attempts
