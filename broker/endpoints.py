@@ -15,13 +15,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from broker import __version__, codec, subjects
 from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
-from broker.errors import ApiError, BadRequest, InternalError
+from broker.errors import ApiError, BadRequest, InternalError, Unavailable
+
+JETSTREAM_UNAVAILABLE = (NatsTimeout, asyncio.TimeoutError, NoStreamResponseError, ServiceUnavailableError)
+"""What a handler's JetStream call raises while the stream's leader is being elected."""
 
 log = logging.getLogger("batchdeck.api")
 
@@ -79,6 +84,11 @@ class Endpoints:
                 raise BadRequest(f"the reply is {len(reply)} bytes, over the server's limit; ask for less")
         except ApiError as err:
             await respond_error(request, err)
+            return
+        except JETSTREAM_UNAVAILABLE as err:  # a leader election, a server restarting: worth a retry
+            log.warning("%s: JetStream did not answer (%r)", request.subject, err)
+            await respond_error(request, Unavailable(f"JetStream did not answer ({type(err).__name__}); "
+                                                     "the cluster may be electing a leader: try again"))
             return
         except Exception as err:  # the service keeps serving whatever a handler does
             log.exception("%s failed", request.subject)

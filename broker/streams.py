@@ -18,6 +18,8 @@ from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFo
 
 from broker import subjects
 
+_log = logging.getLogger("batchdeck.provision")
+
 RUNS = "BD_RUNS"
 TRIGGERS = "BD_TRIGGERS"
 EVENTS = "BD_EVENTS"
@@ -188,7 +190,35 @@ async def provision(
     await wait_for_jetstream(js)
     drift: list[str] = []
     for config in stream_configs(replicas, events_max_age):
-        drift += await _ensure_stream(js, config)
+        drift += await _placed(config.name, lambda config=config: _ensure_stream(js, config))
     for spec in BUCKETS:
-        drift += await _ensure_bucket(js, spec, replicas)
+        drift += await _placed(spec.name, lambda spec=spec: _ensure_bucket(js, spec, replicas))
     return drift
+
+
+PLACEMENT_PATIENCE = 120.0
+"""Seconds provisioning waits for a cluster that cannot place a stream's replicas yet."""
+
+
+async def _placed(name: str, ensure) -> list[str]:
+    """`ensure()`, tried again while the cluster cannot place the stream yet (a node still
+    joining: "no suitable peers for placement", or the stream missing right after its
+    create was refused), for up to PLACEMENT_PATIENCE seconds."""
+    deadline = asyncio.get_running_loop().time() + PLACEMENT_PATIENCE
+    pause = 0.5
+    while True:
+        try:
+            return await ensure()
+        except (APIError, asyncio.TimeoutError) as err:
+            if not _not_placeable_yet(err) or asyncio.get_running_loop().time() + pause > deadline:
+                raise
+            _log.warning("%s cannot be placed yet (%s); trying again in %.1f s", name, err, pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 5.0)
+
+
+def _not_placeable_yet(err: Exception) -> bool:
+    if isinstance(err, (NotFoundError, ServiceUnavailableError, asyncio.TimeoutError)):
+        return True
+    text = str(err).lower()
+    return getattr(err, "err_code", None) == 10005 or "no suitable peers" in text or "insufficient resources" in text
