@@ -31,14 +31,23 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds used so far) of a process, from /proc; None once it is gone."""
+def stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (field 3 on), None once the
+    process is gone: [1] is the parent pid, [11] + [12] its CPU ticks, [13] + [14] its
+    waited-for children's."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             text = handle.read().decode()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2:].split()
+
+
+def proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds used so far) of a process, from /proc; None once it is gone."""
+    fields = stat_fields(pid)
+    if fields is None:
+        return None
     return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 

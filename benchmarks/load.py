@@ -43,7 +43,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -54,8 +53,8 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from benchmarks.common import ROOT, TICKS
-from benchmarks.scheduler import Children, _wait_for_line
+from benchmarks.common import ROOT, TICKS, stat_fields
+from benchmarks.scheduler import Children, _wait_for_line, run_with_children
 from broker import streams
 from broker.client import ApiClient
 from broker.errors import ApiError
@@ -98,12 +97,9 @@ def _memory_kb(pid: int) -> tuple[int, int] | None:
 
 def _cpu(pid: int) -> tuple[float, float] | None:
     """(own CPU seconds, CPU seconds of its waited-for children: a runner's commands)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            text = handle.read().decode()
-    except OSError:
+    fields = stat_fields(pid)
+    if fields is None:
         return None
-    fields = text[text.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / TICKS, (int(fields[13]) + int(fields[14])) / TICKS
 
 
@@ -772,16 +768,7 @@ def main() -> None:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    children = Children()
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchdeck-load-bench-") as work:
-            try:
-                asyncio.run(run(args, children, Path(work)))
-            finally:
-                children.stop_all()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_with_children("batchdeck-load-bench-", lambda children, work: asyncio.run(run(args, children, work)))
 
 
 if __name__ == "__main__":

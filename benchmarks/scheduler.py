@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -178,6 +179,21 @@ class Children:
             self.stop(process, 5.0)
         if self.server is not None:
             self.server.stop()
+
+
+def run_with_children(prefix: str, body: Callable[[Children, Path], None]) -> None:
+    """`body(children, work)` in a fresh temporary directory; every process it started
+    is stopped whatever happens, and Ctrl-C exits 130 with a word of it."""
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as work:
+            try:
+                body(children, Path(work))
+            finally:
+                children.stop_all()
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 async def _wait_for_line(process: subprocess.Popen, log: Path, pattern: re.Pattern[bytes],
@@ -569,16 +585,7 @@ def main() -> None:
     if args.peer and importlib.util.find_spec("apscheduler") is None:
         print("peer skipped: apscheduler not installed (pip install -e '.[bench]'); measuring batchdeck alone")
         args.peer = False
-    children = Children()
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchdeck-sched-bench-") as work:
-            try:
-                asyncio.run(run(args, children, Path(work)))
-            finally:
-                children.stop_all()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_with_children("batchdeck-sched-bench-", lambda children, work: asyncio.run(run(args, children, work)))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from benchmarks.common import cpu_seconds, frame_name, read_samples, tail
-from benchmarks.scheduler import Children, _wait_for_line
+from benchmarks.scheduler import Children, _wait_for_line, run_with_children
 from broker import codec, streams, subjects
 from broker.client import ApiClient
 from broker.ids import new_id
@@ -908,16 +907,7 @@ def main() -> None:
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    children = Children()
-    try:
-        with tempfile.TemporaryDirectory(prefix="batchdeck-store-bench-") as work:
-            try:
-                run(args, children, Path(work))
-            finally:
-                children.stop_all()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_with_children("batchdeck-store-bench-", lambda children, work: run(args, children, work))
 
 
 if __name__ == "__main__":
