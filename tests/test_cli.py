@@ -145,7 +145,10 @@ def _wait_for_api(up: subprocess.Popen[str], url: str, timeout: float = 30.0) ->
         ready, _, _ = select.select([up.stdout], [], [], 0.2)
         if ready:
             seen += up.stdout.readline()
-    assert url in seen, seen
+    if up.poll() is not None:  # it ended: show all it said, to tell why
+        out, err = up.communicate(timeout=10)
+        seen += f"{out}\n[exit code {up.returncode}; stderr:]\n{err[-3000:]}"
+    assert url in seen and up.poll() is None, seen
     return cli("task", "list", "--json", url=url, org="default")
 
 

@@ -28,6 +28,7 @@ cores with three nats-servers and several Python processes.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import json
 import os
 import re
@@ -50,7 +51,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from broker.client import ApiClient
-from broker.errors import ApiError
+from broker.errors import ApiError, Conflict, Unavailable
 from broker.server import find_binary, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -555,9 +556,21 @@ async def readable_task(client: ApiClient, body: dict[str, Any]) -> dict[str, An
     """Create a task and wait until `task.get` finds it. A read right after a write may
     reach a replica of `bd_tasks` that has not applied it yet (direct get on 3 replicas;
     see `Services.xfail_if_dropped`), and `task.start` would answer 404."""
-    task = await client.call("task", "create", body)
+    body = {"id": f"t{uuid.uuid4().hex[:16]}", **body}  # a create sent again must not make a second task
+    task = await until(lambda: _create_once(client, body), 30, 0.2, "task.create answered")
     await until(lambda: client.call("task", "get", {"id": task["id"]}), 30, 0.05, f"task {task['id']} readable")
     return task
+
+
+async def _create_once(client: ApiClient, body: dict[str, Any]) -> dict[str, Any] | None:
+    """task.create, None on a 503 (JetStream settling after the cluster formed: the API
+    says try again); a 409 on a retry means the earlier try landed."""
+    try:
+        return await client.call("task", "create", body)
+    except Unavailable:
+        return None
+    except Conflict:
+        return await client.call("task", "get", {"id": body["id"]})
 
 
 @pytest.fixture

@@ -72,8 +72,8 @@ async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
                     reply = await client.call("task", "start", {"id": task["id"], "context": {"n": n}},
                                               timeout=REQUEST_TIMEOUT)
                 except (Timeout, Unavailable, InternalError) as err:
-                    # InternalError: a JetStream write failed while a leader moved
-                    # (the broker answers 500, not 503: reported with the figures).
+                    # Unavailable: a JetStream write failed while a leader moved (503, try
+                    # again); InternalError kept for a broker of before that change.
                     refusals[f"{err.code} {err.message[:60]}"] += 1
                     await asyncio.sleep(0.1)
                     continue
