@@ -3,10 +3,13 @@ cluster, with a second broker serving beside it.
 
 The client and broker b1 are on node nats-1, broker b2 on nats-2. NATS hands a request
 to a queue subscriber on the requester's own server when there is one, so b1 answers
-every start until it dies, with requests in flight, and b2 answers the rest. The client
-keeps 8 `task.start` requests in flight, each tagged with its number in the run's
-context; a request that times out or finds no responder is sent again. b1 is killed
-once 60 starts are acknowledged, and the load goes on for 60 more. Then every
+every start until it dies, and b2 answers the rest. The client keeps 8 `task.start`
+requests in flight, each tagged with its number in the run's context; a request that
+times out or finds no responder is sent again. Once 60 starts are acknowledged, b1 is
+frozen (SIGSTOP) until a request has waited on it for a second, so that the SIGKILL
+that follows certainly finds requests in its hands (a broker answers in milliseconds,
+and a kill at a random moment found none in one run of many); the load goes on for
+60 more acknowledged starts. Then every
 acknowledged start has exactly one execution, which runs once and succeeds, and a start
 acknowledged at its first try has no other execution.
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import signal
 import time
 from collections import Counter, defaultdict
 
@@ -33,6 +37,8 @@ PHASE_STARTS = 60
 """Starts acknowledged before the kill, and after it."""
 IN_FLIGHT = 8
 REQUEST_TIMEOUT = 5.0
+HELD_FOR = 1.0
+"""Seconds a request waits on the frozen broker before it is killed."""
 
 
 async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_dies(
@@ -47,6 +53,7 @@ async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_
     acked: dict[int, str] = {}
     acked_at: dict[int, float] = {}
     tries: Counter[int] = Counter()
+    sent_at: dict[int, float] = {}  # requests not answered yet: when the current try went out
     failures: Counter[str] = Counter()
     numbers = itertools.count()
     stop_load = asyncio.Event()
@@ -56,6 +63,7 @@ async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_
             n = next(numbers)
             while True:
                 tries[n] += 1
+                sent_at[n] = time.monotonic()
                 try:
                     reply = await client.call("task", "start", {"id": task["id"], "context": {"n": n}},
                                               timeout=REQUEST_TIMEOUT)
@@ -63,6 +71,8 @@ async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_
                     failures[f"{err.code} {err.message[:50]}"] += 1
                     await asyncio.sleep(0.1)
                     continue
+                finally:
+                    del sent_at[n]
                 acked[n] = reply["execution_id"]
                 acked_at[n] = time.monotonic()
                 break
@@ -75,6 +85,14 @@ async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_
     began = time.monotonic()
     load = asyncio.gather(*(requester() for _ in range(IN_FLIGHT)))
     await wait_for(lambda: acknowledged_since(began, PHASE_STARTS), 120, 0.02, f"{PHASE_STARTS} starts")
+    b1.process.send_signal(signal.SIGSTOP)
+
+    async def held_by_b1() -> bool:
+        if load.done():
+            load.result()
+        return any(time.monotonic() - t > HELD_FOR for t in list(sent_at.values()))
+
+    await wait_for(held_by_b1, 30, 0.05, "a start request waiting on the frozen broker b1")
     b1.kill()
     killed = time.monotonic()
     await wait_for(lambda: acknowledged_since(killed, PHASE_STARTS), 120, 0.05,
@@ -114,7 +132,7 @@ async def test_every_acknowledged_start_has_exactly_one_execution_when_a_broker_
     extras = [e for e in items if e["id"] not in set(acked.values())]
     assert all(e["context"]["n"] in retried for e in extras), extras
     assert len(extras) <= sum(tries.values()) - len(tries), extras
-    assert retried, "no request was in flight at the killed broker"
+    assert retried, "no request was in flight at the killed broker"  # held_by_b1 saw one: it must be sent again
     orphans = [e for e in extras if e["status"] == "queued"]
     doubled = [e for e in extras if e["status"] != "queued"]
     answered = max(acked_at[n] for n in retried) - killed
