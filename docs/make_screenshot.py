@@ -23,6 +23,7 @@ as the default `nats://127.0.0.1:4222` whichever port was used.
 from __future__ import annotations
 
 import asyncio
+import os
 import select
 import signal
 import subprocess
@@ -60,14 +61,14 @@ def start_up(data_dir: Path, port: int) -> subprocess.Popen[str]:
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     deadline = time.monotonic() + 60
-    seen = ""
-    while "batchdeck is up" not in seen:
+    said = b""
+    while b"batchdeck is up" not in said:
         if up.poll() is not None or time.monotonic() > deadline:
             up.kill()
-            raise SystemExit(f"batchdeck up did not come up:\n{seen}")
+            raise SystemExit(f"batchdeck up did not come up:\n{said.decode(errors='replace')}")
         ready, _, _ = select.select([up.stdout], [], [], 0.2)
-        if ready:
-            seen += up.stdout.readline()
+        if ready:  # os.read: readline could buffer the banner where select does not see it
+            said += os.read(up.stdout.fileno(), 65536)
     return up
 
 

@@ -140,11 +140,14 @@ def _wait_for_api(up: subprocess.Popen[str], url: str, timeout: float = 30.0) ->
     """Wait for the banner `up` prints once everything is started (it must name the
     NATS URL), then list tasks."""
     deadline = time.monotonic() + timeout
-    seen = ""
-    while "batchdeck is up" not in seen and time.monotonic() < deadline and up.poll() is None:
+    said = b""
+    # os.read, not readline: readline may pull the banner into the file's buffer along
+    # with the line before it, and select on the pipe would then wait for more in vain.
+    while b"batchdeck is up" not in said and time.monotonic() < deadline and up.poll() is None:
         ready, _, _ = select.select([up.stdout], [], [], 0.2)
         if ready:
-            seen += up.stdout.readline()
+            said += os.read(up.stdout.fileno(), 65536)
+    seen = said.decode(errors="replace")
     if up.poll() is not None:  # it ended: show all it said, to tell why
         out, err = up.communicate(timeout=10)
         seen += f"{out}\n[exit code {up.returncode}; stderr:]\n{err[-3000:]}"
