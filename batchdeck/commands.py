@@ -250,11 +250,14 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
                 body["params"] = _pairs(args.param, "--param")
             if args.pool:
                 body["pool"] = args.pool
+        if args.idempotency_key:
+            body["idempotency_key"] = args.idempotency_key
         reply = await api.call(kind, "start", body)
         if args.json:
             output.print_json(reply)
         else:
-            output.console.print(f"started execution {reply['execution_id']}", highlight=False)
+            said = "already started" if reply.get("duplicate") else "started"
+            output.console.print(f"{said} execution {reply['execution_id']}", highlight=False)
             output.console.print(f"[dim]follow it: batchdeck exec get {reply['execution_id']}[/dim]")
     elif verb == "cancel":
         reply = await api.call("exec", "cancel", {"id": args.id})
@@ -281,6 +284,9 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             start = verbs.add_parser("start", parents=[common], help=f"run the {kind} now")
             start.add_argument("id")
             start.add_argument("--context", action="append", metavar="KEY=VALUE", help="template values; repeat")
+            start.add_argument("--idempotency-key", metavar="KEY",
+                               help=f"start once per KEY: the same key again names the first execution "
+                                    f"(for this {kind}, 7 days)")
             if kind == "task":
                 start.add_argument("--param", action="append", metavar="KEY=VALUE", help="override a param; repeat")
                 start.add_argument("--pool", help="run on this pool instead of the task's")

@@ -22,15 +22,20 @@ class Buckets:
     batch_runs: Records[BatchRun]
 
 
-async def open_buckets(js: JetStreamContext) -> Buckets:
-    """Open the provisioned buckets (provision first)."""
-    return Buckets(
-        tasks=Records(await js.key_value(streams.TASKS_BUCKET), Task),
-        task_state=Records(await js.key_value(streams.TASK_STATE_BUCKET), TaskRuntime),
-        task_starts=Records(await js.key_value(streams.TASK_STARTS_BUCKET), TaskStarts, versioned=False),
-        batches=Records(await js.key_value(streams.BATCHES_BUCKET), Batch),
-        execs=Records(await js.key_value(streams.EXECS_BUCKET), Execution),
-        runners=Records(await js.key_value(streams.RUNNERS_BUCKET), Runner, versioned=False),
-        batch_runs=Records(await js.key_value(streams.BATCH_RUNS_BUCKET), BatchRun),
-    )
+async def open_buckets(js: JetStreamContext, leader_on_miss: bool = False) -> Buckets:
+    """Open the provisioned buckets (provision first). `leader_on_miss`: a record a
+    replica does not show is asked of the bucket's leader (`Records.get`); for the API,
+    which must find what it has just written. It needs `$JS.API.STREAM.MSG.GET` on the
+    buckets, which cannot be confined to an org: service users only."""
+    def records(bucket, type_, versioned: bool = True):
+        return Records(bucket, type_, versioned=versioned, leader_on_miss=leader_on_miss)
 
+    return Buckets(
+        tasks=records(await js.key_value(streams.TASKS_BUCKET), Task),
+        task_state=records(await js.key_value(streams.TASK_STATE_BUCKET), TaskRuntime),
+        task_starts=records(await js.key_value(streams.TASK_STARTS_BUCKET), TaskStarts, versioned=False),
+        batches=records(await js.key_value(streams.BATCHES_BUCKET), Batch),
+        execs=records(await js.key_value(streams.EXECS_BUCKET), Execution),
+        runners=records(await js.key_value(streams.RUNNERS_BUCKET), Runner, versioned=False),
+        batch_runs=records(await js.key_value(streams.BATCH_RUNS_BUCKET), BatchRun),
+    )

@@ -5,7 +5,13 @@ A start writes the Execution (status `queued`) to KV `bd_execs`, enqueues a RunC
 with snapshots of the task definitions on `bd.{org}.run.{pool}` (BD_RUNS, de-duplicated
 by `Nats-Msg-Id: {execution_id}.{attempt}`) and publishes the state event. A trigger's
 execution id is derived from the trigger id, so a redelivered trigger finds the
-execution it already made instead of making a second one.
+execution it already made instead of making a second one; a start with an
+`idempotency_key` derives its execution (or trigger) id from the key the same way.
+
+A start that finds its execution already written, still `queued` and written within
+BD_RUNS' de-duplication window, publishes the run again: when the first try died between
+writing the execution and enqueueing its run, this enqueues it, and otherwise the stream
+drops the copy as a duplicate.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ HISTORY_TIMEOUT = 2.0
 ADMIT_ATTEMPTS = 20
 ADMIT_WAITS = 10
 ADMIT_WAIT_SECONDS = 0.05
+RESEND_MARGIN = 20.0
+"""Seconds short of BD_RUNS' de-duplication window past which a start no longer sends
+the run of a `queued` execution again (clocks of broker and server may differ)."""
 
 
 class EnqueueFailed(Unavailable):
@@ -80,10 +89,14 @@ class Executions:
 
     async def start_task(self, org: str, body: bytes) -> dict[str, Any]:
         request = codec.decode_request(body, TaskStartRequest)
+        key = request.idempotency_key
+        execution_id = ids.new_id() if key is None else ids.derived_id(f"{org}/task/{request.id}/{key}", "start")
+        if key is not None and (done := await self._started_before(org, execution_id)) is not None:
+            return {"execution_id": done.id, "duplicate": True}
         task = await self.definitions.load_task(org, request.id)
         snapshot = msgspec.structs.replace(task, params={**task.params, **request.params}, state={})
         execution = Execution(
-            id=ids.new_id(),
+            id=execution_id,
             org=org,
             task_id=task.id,
             name=task.name,
@@ -96,30 +109,38 @@ class Executions:
             trace=task.trace,
             deadline=request.deadline,
         )
-        await self._enqueue(execution, RunCommand(execution_id=execution.id, org=org, tasks=[snapshot],
-                                                  context=request.context, deadline=request.deadline))
-        return {"execution_id": execution.id}
+        execution, created = await self._enqueue(execution, RunCommand(
+            execution_id=execution.id, org=org, tasks=[snapshot], context=request.context, deadline=request.deadline))
+        return {"execution_id": execution.id} if key is None else {"execution_id": execution.id, "duplicate": not created}
 
     async def start_batch(self, org: str, body: bytes) -> dict[str, Any]:
         request = codec.decode_request(body, BatchStartRequest)
+        key = request.idempotency_key
         trigger = Trigger(
-            trigger_id=ids.new_id(), batch_id=request.id, source=request.source, fired_at=now_iso(),
-            context=request.context, org=org,
+            trigger_id=ids.new_id() if key is None else ids.derived_id(f"{org}/batch/{request.id}/{key}", "start"),
+            batch_id=request.id, source=request.source, fired_at=now_iso(), context=request.context, org=org,
         )
-        execution = await self.run_trigger(org, trigger, deadline=request.deadline, manual=True)
-        return {"execution_id": execution.id, "trigger_id": trigger.trigger_id}
+        execution, created = await self.run_trigger(org, trigger, deadline=request.deadline, manual=True)
+        reply = {"execution_id": execution.id, "trigger_id": trigger.trigger_id}
+        return reply if key is None else {**reply, "duplicate": not created}
+
+    async def _started_before(self, org: str, execution_id: str) -> Execution | None:
+        """The execution a start made before, unless its run may still need enqueueing
+        (then the start goes through again, to its `_enqueue`)."""
+        existing = await self.buckets.execs.get(org, execution_id)
+        return existing if existing is not None and not _may_be_unenqueued(existing) else None
 
     async def run_trigger(
         self, org: str, trigger: Trigger, deadline: str | None = None, manual: bool = False
-    ) -> Execution:
+    ) -> tuple[Execution, bool]:
         """Turn a trigger into exactly one execution of its batch and publish the
-        trigger event. Idempotent: the same trigger again returns the same execution.
-        Only a `manual` start (batch.start) runs a disabled batch. The batch's
-        `concurrency` policy decides what happens while an earlier run is active."""
+        trigger event; with whether this call made it. Idempotent: the same trigger
+        again returns the same execution. Only a `manual` start (batch.start) runs a
+        disabled batch. The batch's `concurrency` policy decides what happens while an
+        earlier run is active."""
         execution_id = ids.derived_id(trigger.trigger_id, "exec")
-        existing = await self.buckets.execs.get(org, execution_id)
-        if existing is not None:
-            return existing
+        if (existing := await self._started_before(org, execution_id)) is not None:
+            return existing, False
         batch = await self.definitions.load_batch(org, trigger.batch_id)
         if not batch.is_enabled and not manual:
             raise Conflict(f"batch {batch.id!r} is disabled; triggers are ignored until it is enabled")
@@ -145,19 +166,20 @@ class Executions:
         )
         active = await self._admit(batch, execution, manual)
         if execution.status == "skipped":
-            execution = await self._record_skipped(execution)
+            execution, created = await self._record_skipped(execution)
         else:
             command = RunCommand(execution_id=execution.id, org=org, batch=_snapshot_batch(batch), tasks=snapshots,
                                  context=trigger.context, deadline=deadline)
             try:
-                execution = await self._enqueue(execution, command)
+                execution, created = await self._enqueue(execution, command)
             except EnqueueFailed as err:  # the execution is recorded `lost`: say so on the trigger too
                 await self._publish_trigger_event(org, trigger, err.execution)
                 raise
-            if active is not None:
+            if active is not None and created:
                 await self._replace(active, execution)
-        await self._publish_trigger_event(org, trigger, execution)
-        return execution
+        if created:
+            await self._publish_trigger_event(org, trigger, execution)
+        return execution, created
 
     async def _publish_trigger_event(self, org: str, trigger: Trigger, execution: Execution) -> None:
         trigger.execution_id, trigger.status, trigger.org = execution.id, execution.status, org
@@ -207,16 +229,16 @@ class Executions:
         # Transient: a trigger from BD_TRIGGERS is redelivered, a manual start may retry.
         raise Unavailable(f"batch {batch.id!r} is being triggered too often at once; try again")
 
-    async def _record_skipped(self, execution: Execution) -> Execution:
+    async def _record_skipped(self, execution: Execution) -> tuple[Execution, bool]:
         execution.finished_at = execution.queued_at
         for action in execution.actions:
             action.status = "skipped"
         try:
             execution = await self.buckets.execs.create(execution.org, execution.id, execution)
         except VersionConflict:
-            return await self.buckets.execs.get(execution.org, execution.id) or execution
+            return await self.buckets.execs.get(execution.org, execution.id) or execution, False
         await self._publish_state(execution)
-        return execution
+        return execution, True
 
     async def _replace(self, active: Execution, successor: Execution) -> None:
         """`replace`: cancel the run the new one replaces. One that cannot be cancelled
@@ -226,21 +248,24 @@ class Executions:
         except (Conflict, NotFound) as err:
             log.info("batch %s: execution %s not replaced: %s", active.batch_id, active.id, err.message)
 
-    async def _enqueue(self, execution: Execution, command: RunCommand) -> Execution:
+    async def _enqueue(self, execution: Execution, command: RunCommand) -> tuple[Execution, bool]:
+        """Write the execution and enqueue its run: the execution as stored, and whether
+        this call wrote it (False: the same trigger or idempotency key was there first)."""
         org = execution.org
         try:
             execution = await self.buckets.execs.create(org, execution.id, execution)
         except VersionConflict:
-            # A redelivered trigger raced its first delivery: that one owns the run.
-            return await self.buckets.execs.get(org, execution.id) or execution
+            existing = await self.buckets.execs.get(org, execution.id) or execution
+            if _may_be_unenqueued(existing):
+                try:  # the first try may have died before it enqueued the run
+                    await self._publish_run(existing, command)
+                except Exception as err:
+                    raise Unavailable(f"could not enqueue the run of {existing.id}: {err}; try again") from err
+            return existing, False
         # The run and the `queued` event go out together (one round trip, not two);
         # readers order state events by `version`, so a runner's later event wins.
         enqueued, announced = await asyncio.gather(
-            self.js.publish(
-                subjects.run(org, execution.pool),
-                codec.encode(command),
-                headers={"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"},
-            ),
+            self._publish_run(execution, command),
             self._publish_state(execution),
             return_exceptions=True,
         )
@@ -251,7 +276,13 @@ class Executions:
             raise EnqueueFailed(f"could not enqueue the run: {enqueued}", execution) from enqueued
         if isinstance(announced, BaseException):
             log.warning("execution %s queued, but its state event was not published: %s", execution.id, announced)
-        return execution
+        return execution, True
+
+    async def _publish_run(self, execution: Execution, command: RunCommand) -> None:
+        """Enqueue the run; the same run again within BD_RUNS' de-duplication window
+        (same execution and attempt) is dropped by the stream."""
+        await self.js.publish(subjects.run(execution.org, execution.pool), codec.encode(command),
+                              headers={"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"})
 
     async def _publish_state(self, execution: Execution) -> None:
         headers = None if execution.trace else {subjects.TRACE_HEADER: "false"}
@@ -399,6 +430,15 @@ class Executions:
         if reply_error(reply) is not None:
             return None
         return [row[0] for row in codec.decode(reply.data, dict[str, Any]).get("rows", [])]
+
+
+def _may_be_unenqueued(execution: Execution) -> bool:
+    """Queued, untouched by any runner, and young enough that BD_RUNS still remembers
+    whether its run was published (so publishing it again cannot make a second copy)."""
+    if execution.status != "queued" or execution.runner_id is not None or execution.queued_at is None:
+        return False
+    age = (datetime.now(timezone.utc) - parse_iso(execution.queued_at)).total_seconds()
+    return age < streams.RUNS_DEDUP_WINDOW - RESEND_MARGIN
 
 
 def _queued_within(execution: Execution, since: datetime | None, until: datetime | None) -> bool:

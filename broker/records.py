@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 import msgspec
-from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
@@ -28,11 +28,14 @@ class Records(Generic[T]):
     """With `versioned`, `T` has a `version` field: it is filled from the KV revision on
     read and write, and never stored (the revision is the truth)."""
 
-    def __init__(self, kv: KeyValue, type_: type[T], versioned: bool = True) -> None:
+    def __init__(self, kv: KeyValue, type_: type[T], versioned: bool = True, leader_on_miss: bool = False) -> None:
         self.kv = kv
         self.js = kv._js  # noqa: SLF001
         self.type = type_
         self.versioned = versioned
+        self.leader_on_miss = leader_on_miss
+        self.stream = f"KV_{kv._name}"  # noqa: SLF001 - nats-py keeps the bucket name private
+        self.prefix = f"$KV.{kv._name}."  # noqa: SLF001
 
     def _decode(self, value: bytes, revision: int) -> T:
         return self._versioned(codec.decode(value, self.type), revision)
@@ -43,11 +46,26 @@ class Records(Generic[T]):
         return record
 
     async def get(self, org: str, record_id: str) -> T | None:
+        """The record, or None. With `leader_on_miss`, a record a direct get did not find
+        is asked of the stream's leader before it is called missing."""
+        key = kv_key(org, record_id)
         try:
-            entry = await self.kv.get(kv_key(org, record_id))
+            entry = await self.kv.get(key)
         except (KeyNotFoundError, KeyDeletedError):
-            return None
+            return await self._get_from_leader(key) if self.leader_on_miss else None
         return self._decode(entry.value, entry.revision)
+
+    async def _get_from_leader(self, key: str) -> T | None:
+        """A direct get is answered by any replica of the bucket, and a follower may not
+        have applied a write the caller has just been told about (a create, then a start
+        of what it created). The stream's own message get is answered by its leader."""
+        try:
+            msg = await self.js.get_msg(self.stream, subject=f"{self.prefix}{key}")
+        except NotFoundError:
+            return None
+        if not msg.data or (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return None
+        return self._decode(msg.data, msg.seq)
 
     async def create(self, org: str, record_id: str, record: T) -> T:
         """Store a new record; VersionConflict if the key exists."""
@@ -82,8 +100,7 @@ class Records(Generic[T]):
         consumers behind (a KV watch's would linger for minutes, and a stream takes
         only so many); `inactive_threshold` is the backstop should the delete be lost.
         """
-        stream = f"KV_{self.kv._name}"  # noqa: SLF001 - nats-py keeps the bucket name private
-        prefix = f"$KV.{self.kv._name}."  # noqa: SLF001
+        stream, prefix = self.stream, self.prefix
         name = f"scan_{ids.new_id().lower()}"
         info = await self.js.add_consumer(stream, ConsumerConfig(
             name=name, filter_subject=f"{prefix}{org}.{pattern}", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,

@@ -71,7 +71,7 @@ class ControlPlane:
         """Provision streams and buckets, register the endpoints, start consuming
         triggers. Returns the provisioning drift report."""
         drift = await streams.provision(self.js, replicas=replicas)
-        buckets = await open_buckets(self.js)
+        buckets = await open_buckets(self.js, leader_on_miss=True)  # the API finds what it has just written
         self.definitions = Definitions(self.js, buckets)
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)
         self.definitions.module_catalog = self.executions.module_catalog
@@ -159,7 +159,7 @@ class ControlPlane:
             trigger = codec.decode_request(msg.data, Trigger)
             if trigger.batch_id != msg.subject.rsplit(".", 1)[-1]:
                 raise BadRequest(f"trigger for batch {trigger.batch_id!r} published on {msg.subject}")
-            execution = await self.executions.run_trigger(org, trigger)
+            execution, created = await self.executions.run_trigger(org, trigger)
         except Unavailable as err:
             # Transient (the batch's concurrency slot was contended), or the run could
             # not be enqueued, which recorded a `lost` execution a redelivery finds.
@@ -178,7 +178,7 @@ class ControlPlane:
             return
         await msg.ack()
         self.counters.handled += 1
-        if execution.status == "queued":  # not skipped, and not one a redelivery found already running
+        if created and execution.status == "queued":  # not skipped, and not one a redelivery found made
             self.counters.executions += 1
 
     async def _retry_trigger(self, org: str, msg: Any, err: ApiError, delay: float) -> None:

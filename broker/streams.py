@@ -62,6 +62,10 @@ BUCKETS = (
 )
 
 
+RUNS_DEDUP_WINDOW = 120.0
+"""Seconds BD_RUNS remembers a run's `Nats-Msg-Id` ({execution_id}.{attempt})."""
+
+
 def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE) -> list[StreamConfig]:
     """The three streams as batchdeck wants them."""
     return [
@@ -72,7 +76,7 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
             retention=RetentionPolicy.WORK_QUEUE,
             storage=StorageType.FILE,
             num_replicas=replicas,
-            duplicate_window=120.0,
+            duplicate_window=RUNS_DEDUP_WINDOW,
         ),
         StreamConfig(
             name=TRIGGERS,

@@ -65,6 +65,12 @@ def exec_cancel(org: str, execution_id: str) -> str:
     return f"{PREFIX}.{org}.ctl.exec.{execution_id}.cancel"
 
 
+def exec_held(org: str, execution_id: str) -> str:
+    """The core request the runner holding an execution answers with its id: asked by a
+    runner that received the run again while the execution is marked running."""
+    return f"{PREFIX}.{org}.ctl.exec.{execution_id}.held"
+
+
 TRACE_HEADER = "Bd-Trace"
 """`Bd-Trace: false` on every event of a `trace: false` execution: the store keeps no history of it."""
 

@@ -32,6 +32,8 @@ Arg = Annotated[str, Meta(max_length=8192)]
 Seconds = Annotated[float, Meta(gt=0, le=7 * 24 * 3600)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Timestamp = str
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[!-~]+$",
+                                     description="1-128 printable ASCII characters, no spaces")]
 
 MAX_OBJECT_BYTES = 64 * 1024
 """The encoded size limit of a free-form object (params, context, state, result)."""
@@ -510,6 +512,9 @@ class TaskStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     pool: Pool | None = None
     source: Literal["manual", "api"] = "manual"
     deadline: Timestamp | None = None
+    idempotency_key: IdempotencyKey | None = None
+    """The same key again (for the same task, within 7 days) starts nothing new: the reply
+    names the first execution, with `duplicate: true`."""
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
@@ -533,6 +538,8 @@ class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     context: dict[str, Any] = {}
     source: Literal["manual", "api"] = "manual"
     deadline: Timestamp | None = None
+    idempotency_key: IdempotencyKey | None = None
+    """As TaskStartRequest's, for the same batch."""
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)

@@ -23,6 +23,7 @@ from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -63,8 +64,17 @@ class RunCounters:
     log_lines: int = 0
 
 
+HOLDER_TIMEOUT = 1.0
+"""Seconds a runner waits for the runner marked on a redelivered `running` execution to
+say it still holds it, before taking the run over as the next attempt (or `lost`)."""
+
 UNKNOWN_EXECUTION_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.5)
 """Pauses between reads of an execution a run names but bd_execs does not show yet."""
+UNKNOWN_EXECUTION_DELIVERIES = 20
+UNKNOWN_EXECUTION_PAUSE = 3.0
+"""A run whose execution is still unreadable after those reads is delivered again after
+this many seconds (to any runner, whose replica may have it), and dropped only at its
+20th delivery: about a minute and a half after it was enqueued."""
 
 
 def consumer_name(org: str, pool: str) -> str:
@@ -102,7 +112,7 @@ class RunnerService:
         self._heartbeat_loop: asyncio.Task[None] | None = None
         self._claim_loops: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
-        self._cancel_sub: Any = None
+        self._control_subs: list[Any] = []
         self.counters = RunCounters()
         self.metrics = self._metrics()
 
@@ -129,7 +139,10 @@ class RunnerService:
         self.modules = load_modules()
         self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace,
                                   StartCounter(self.buckets.task_starts, self.id))
-        self._cancel_sub = await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel)
+        self._control_subs = [
+            await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel),
+            await self.nc.subscribe(subjects.exec_held(self.org, "*"), cb=self._on_held),
+        ]
         await self._heartbeat()
         self._heartbeat_loop = asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat")
         self._claim_loops = [
@@ -157,8 +170,8 @@ class RunnerService:
         if self._heartbeat_loop is not None:
             self._heartbeat_loop.cancel()
             await asyncio.gather(self._heartbeat_loop, return_exceptions=True)
-        if self._cancel_sub is not None:
-            await self._cancel_sub.unsubscribe()
+        for sub in self._control_subs:
+            await sub.unsubscribe()
         await self.metrics.close()
         try:  # acks and naks are buffered publishes: send them before the connection goes
             await self.nc.flush(timeout=5)
@@ -258,6 +271,17 @@ class RunnerService:
             await asyncio.sleep(pause)
         return await self.buckets.execs.get(command.org, command.execution_id)
 
+    async def _unknown_execution(self, msg: Msg, command: RunCommand) -> None:
+        """A run of an execution bd_execs does not show: one a lagging replica has not got
+        yet comes back later; one expired from bd_execs (7 days) is dropped in the end."""
+        if _deliveries(msg) < UNKNOWN_EXECUTION_DELIVERIES:
+            log.warning("run of %s: the execution is not readable yet; delivered again in %g s",
+                        command.execution_id, UNKNOWN_EXECUTION_PAUSE)
+            await msg.nak(delay=UNKNOWN_EXECUTION_PAUSE)
+            return
+        log.warning("run of unknown execution %s (expired from bd_execs?); dropped", command.execution_id)
+        await msg.ack()
+
     async def _handle(self, msg: Msg) -> None:
         try:
             command = codec.decode(msg.data, RunCommand)
@@ -272,8 +296,14 @@ class RunnerService:
             return
         execution = await self._execution_of(command)
         if execution is None:
-            log.warning("run of unknown execution %s (expired from bd_execs?); dropped", command.execution_id)
-            await msg.ack()
+            await self._unknown_execution(msg, command)
+            return
+        if execution.status == "running" and (holder := await self._holder_of(execution)) is not None:
+            # Its runner lives and runs it: the claim renewals it sent were lost (a consumer
+            # leader moving forgets them) or came late. Come back to the copy after a
+            # whole ack_wait, in case that runner dies meanwhile; its ack ends both.
+            log.warning("run of %s redelivered while runner %s still runs it; left to it", execution.id, holder)
+            await msg.nak(delay=self.ack_wait)
             return
         run = ActiveRun(command, execution)
         events = _CountedEvents(self.counters, self.js, command.org, execution.id, execution.trace)
@@ -373,6 +403,25 @@ class RunnerService:
         run.cancel.set()
         await msg.respond(codec.encode({"acknowledged": "ok", "runner_id": self.id}))
 
+    async def _holder_of(self, execution: Execution) -> str | None:
+        """The id of the runner that says it runs this execution now, if one does within
+        HOLDER_TIMEOUT."""
+        try:
+            reply = await self.nc.request(subjects.exec_held(self.org, execution.id), b"{}", timeout=HOLDER_TIMEOUT)
+        except (NatsTimeout, NoRespondersError, asyncio.TimeoutError):
+            return None  # nobody holds it: its runner died (or stalls for longer than this)
+        try:
+            return str(codec.decode(reply.data)["runner_id"])
+        except Exception as err:
+            log.warning("unreadable answer to who holds %s: %s", execution.id, err)
+            return None
+
+    async def _on_held(self, msg: Msg) -> None:
+        execution_id = msg.subject.split(".")[-2]
+        run = self.active.get(execution_id)
+        if run is not None and msg.reply:  # not ours: silence, the holder answers
+            await msg.respond(codec.encode({"runner_id": self.id, "attempt": run.execution.attempt}))
+
     # ---- registry ----------------------------------------------------------------
 
     def describe(self) -> Runner:
@@ -405,6 +454,14 @@ class _CountedEvents(EventStream):
     async def log(self, *args: Any, **kwargs: Any) -> None:
         await super().log(*args, **kwargs)
         self._counters.log_lines += 1
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times JetStream has delivered this message, this time included."""
+    try:
+        return msg.metadata.num_delivered
+    except Exception:  # not a JetStream message: nothing will redeliver it
+        return UNKNOWN_EXECUTION_DELIVERIES
 
 
 async def _quietly(awaitable) -> None:

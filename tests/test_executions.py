@@ -130,6 +130,81 @@ async def test_each_start_is_a_new_execution(api, make_task):
     assert {e["id"] for e in page["items"]} == {first["execution_id"], second["execution_id"]}
 
 
+async def test_a_start_sent_again_with_its_idempotency_key_starts_nothing_new(api, nc, org, make_task):
+    task, other = await make_task(), await make_task()
+    first = await api.call("task", "start", {"id": task["id"], "idempotency_key": "deploy-42"})
+    again = await api.call("task", "start", {"id": task["id"], "idempotency_key": "deploy-42", "context": {"x": 1}})
+    assert first == {"execution_id": first["execution_id"], "duplicate": False}
+    assert again == {"execution_id": first["execution_id"], "duplicate": True}
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 1
+    execution = await api.call("exec", "get", {"id": first["execution_id"]})
+    assert execution["context"] == {}  # the first request's, not the repeat's
+
+    another_key = await api.call("task", "start", {"id": task["id"], "idempotency_key": "deploy-43"})
+    same_key_other_task = await api.call("task", "start", {"id": other["id"], "idempotency_key": "deploy-42"})
+    assert len({first["execution_id"], another_key["execution_id"], same_key_other_task["execution_id"]}) == 3
+    assert not another_key["duplicate"] and not same_key_other_task["duplicate"]
+    page = await api.call("exec", "list", {"filter": {"task_id": task["id"]}})
+    assert page["total"] == 2
+
+
+async def test_a_batch_start_sent_again_with_its_idempotency_key_starts_nothing_new(api, nc, org, make_batch):
+    batch = await make_batch()
+    first = await api.call("batch", "start", {"id": batch["id"], "idempotency_key": "nightly-2026-12-02"})
+    again = await api.call("batch", "start", {"id": batch["id"], "idempotency_key": "nightly-2026-12-02"})
+    assert (again["execution_id"], again["trigger_id"]) == (first["execution_id"], first["trigger_id"])
+    assert (first["duplicate"], again["duplicate"]) == (False, True)
+    assert len(await executions_of_trigger(api, first["trigger_id"])) == 1
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 1
+    assert await count_on(nc, EVENTS, f"bd.{org}.evt.trigger.{batch['id']}") == 1
+
+
+@pytest.mark.parametrize("key", ["", "two words", "x" * 129, 42, "caf\u00e9", {"nested": "object"}])
+async def test_a_malformed_idempotency_key_is_400_and_starts_nothing(api, nc, org, make_task, key):
+    task = await make_task()
+    body = {"id": task["id"], "idempotency_key": key}
+    err = await expect_error(400, api.call("task", "start", body))
+    assert "idempotency_key" in err.message
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 0
+    assert (await api.call("exec", "list", {"filter": {"task_id": task["id"]}}))["total"] == 0
+
+
+async def _keyed_execution_written(nc, org: str, task: dict[str, Any], key: str, queued_at: str) -> str:
+    """What a broker that died between writing a keyed start's execution and enqueueing
+    its run leaves behind: the execution, `queued`, and no run."""
+    from broker import ids
+    from broker.buckets import open_buckets
+    from broker.types import ActionState, Execution
+
+    execution_id = ids.derived_id(f"{org}/task/{task['id']}/{key}", "start")
+    buckets = await open_buckets(nc.jetstream())
+    await buckets.execs.create(org, execution_id, Execution(
+        id=execution_id, org=org, task_id=task["id"], name=task["name"], pool="default", queued_at=queued_at,
+        actions=[ActionState(index=0, task_id=task["id"])]))
+    return execution_id
+
+
+async def test_a_start_sent_again_enqueues_the_run_its_first_try_did_not(api, nc, org, make_task):
+    from broker.timestamps import now_iso
+
+    task = await make_task()
+    orphan = await _keyed_execution_written(nc, org, task, "k1", now_iso())
+    reply = await api.call("task", "start", {"id": task["id"], "idempotency_key": "k1"})
+    assert reply == {"execution_id": orphan, "duplicate": True}
+    assert (await last_json(nc, RUNS, f"bd.{org}.run.default"))["execution_id"] == orphan
+    await api.call("task", "start", {"id": task["id"], "idempotency_key": "k1"})
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 1  # the stream dropped the third as a duplicate
+
+
+async def test_a_start_sent_again_long_after_does_not_enqueue_a_second_copy(api, nc, org, make_task):
+    task = await make_task()
+    orphan = await _keyed_execution_written(nc, org, task, "k2", "2026-01-01T00:00:00.000Z")
+    reply = await api.call("task", "start", {"id": task["id"], "idempotency_key": "k2"})
+    assert reply == {"execution_id": orphan, "duplicate": True}
+    # past BD_RUNS' de-duplication window a copy could not be told from the first: none is sent
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 0
+
+
 async def test_task_start_enqueues_a_run_command_with_merged_params(api, nc, org, make_task):
     task = await make_task(
         command=["echo", "{{ greeting }}", "{{ name }}"], params={"greeting": "hello", "name": "task-default"}

@@ -10,6 +10,7 @@ run that takes over finishes at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from processes import processes_with, unique_sleep
+from runner import service as runner_service
 from runner.service import consumer_name
 
 
@@ -156,6 +158,101 @@ async def test_a_run_of_a_killed_runner_without_retries_ends_lost(
     assert "r1" in execution["error"]
     assert execution["finished_at"] is not None
     assert execution["actions"][0]["status"] not in ("queued", "running")
+
+
+# ---- a run delivered again while its runner lives ---------------------------------------
+
+
+async def test_a_run_delivered_again_while_its_runner_still_runs_it_is_left_to_that_runner(
+    api, nc, org, runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
+):
+    """A copy of a run reaches a second runner while the first one runs it, as when the
+    first runner's claim renewals are lost while the consumer's leader moves to another
+    node. The second runner must not take the first for dead: no `lost`, no second run."""
+    runs = tmp_path / "runs"
+    task = await make_task(command=["sh", "-c", f"echo ran >> {runs}; sleep 3; echo done"], retries=0)
+    first = await runner_factory(name="r1", concurrency=1, ack_wait=2.0)  # busy: fetches no copy itself
+    execution_id = await start_task(task["id"])
+    await wait_running_on(api, execution_id, "r1")
+
+    js = nc.jetstream()
+    run_subject = f"bd.{org}.run.default"
+    original = await js.get_last_msg("BD_RUNS", run_subject)
+    await js.publish(run_subject, original.data)  # the copy
+    second = await runner_factory(name="r2", ack_wait=2.0)
+    execution = await wait_exec(execution_id, timeout=20.0)
+
+    assert (execution["status"], execution["attempt"], execution["runner_id"]) == ("succeeded", 1, first.id), \
+        execution
+    assert runs.read_text() == "ran\n", "the command ran more than once"
+    messages = [e.data["msg"] for e in await exec_events(execution_id, "log")]
+    assert not any("stopped during attempt" in m for m in messages), messages
+    assert second.counters.claimed == 0  # it left the copy alone
+
+    async def copy_settled() -> bool:  # its next delivery finds the run final and acks it
+        info = await js.consumer_info("BD_RUNS", consumer_name(org, "default"))
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while not await copy_settled():
+        assert loop.time() < deadline, "the copy of the run was never settled"
+        await asyncio.sleep(0.1)
+    assert (await api.call("exec", "get", {"id": execution_id}))["status"] == "succeeded"
+
+
+# ---- a run whose execution cannot be read ---------------------------------------------
+
+
+async def test_a_run_whose_execution_is_not_readable_yet_runs_once_it_is(
+    org, nc, runner_factory, make_task, start_task, wait_exec, caplog
+):
+    """A replica of bd_execs that lags behind the broker's write (direct gets are answered
+    by any replica) must not make a runner drop the run: it comes back until it reads."""
+    task = await make_task(command=["echo", "hello"])
+    execution_id = await start_task(task["id"])  # no runner yet: it waits in BD_RUNS
+    execs = await nc.jetstream().key_value("bd_execs")
+    key = f"{org}.{execution_id}"
+    record = (await execs.get(key)).value
+    await execs.delete(key)  # what a lagging replica shows
+
+    await runner_factory(name="r-lag")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while "the execution is not readable yet" not in caplog.text:
+        assert loop.time() < deadline, "the runner never found the execution missing"
+        await asyncio.sleep(0.05)
+    await execs.put(key, record)  # the replica catches up
+
+    execution = await wait_exec(execution_id, timeout=20.0)
+    assert (execution["status"], execution["runner_id"], execution["attempt"]) == ("succeeded", "r-lag", 1)
+
+
+async def test_a_run_of_an_execution_that_never_shows_is_dropped_in_the_end(
+    org, nc, runner_factory, make_task, start_task, wait_exec, monkeypatch, caplog
+):
+    monkeypatch.setattr(runner_service, "UNKNOWN_EXECUTION_RETRIES", (0.05,))
+    monkeypatch.setattr(runner_service, "UNKNOWN_EXECUTION_PAUSE", 0.2)
+    monkeypatch.setattr(runner_service, "UNKNOWN_EXECUTION_DELIVERIES", 3)
+    task = await make_task(command=["echo", "hello"])
+    first = await start_task(task["id"])
+    js = nc.jetstream()
+    command = json.loads((await js.get_last_msg("BD_RUNS", f"bd.{org}.run.default")).data)
+    command["execution_id"] = "ghost-execution"
+    await js.publish(f"bd.{org}.run.default", json.dumps(command).encode())
+
+    await runner_factory(name="r-ghost")
+    assert (await wait_exec(first))["status"] == "succeeded"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        info = await js.consumer_info("BD_RUNS", consumer_name(org, "default"))
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        assert loop.time() < deadline, f"the run of a ghost execution was never dropped: {info}"
+        await asyncio.sleep(0.1)
+    assert caplog.text.count("run of ghost-execution: the execution is not readable yet") == 2, caplog.text
+    assert "run of unknown execution ghost-execution (expired from bd_execs?); dropped" in caplog.text
 
 
 # ---- a runner that stops gracefully ---------------------------------------------------

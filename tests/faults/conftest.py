@@ -16,9 +16,9 @@ in and what came out.
 - `figures`: what a test measured (runs, lines, seconds); printed when it is recorded
   and again in the run's terminal summary.
 
-Two product bugs show on the cluster and end a test as an expected failure when they
-hit it (see `Services.xfail_if_dropped` and test_node_stopped.py); a broker that exits
-at start for the third, "no suitable peers for placement", is started again.
+A run a runner dropped as unknown fails a test at once, naming it
+(`Services.fail_if_dropped`); a broker that exits at start with "no suitable peers for
+placement" (a meta leader just elected may count a node as offline) is started again.
 
 When a test fails, the tail of every log (nats-servers and services) is added to its
 report. Every wait polls a condition against a generous deadline: these tests share two
@@ -501,20 +501,20 @@ class Services:
                 dropped |= set(DROPPED_RUN.findall(service.log()))
         return dropped
 
-    def xfail_if_dropped(self, execution_ids: Any) -> None:
-        """End the test as an expected failure when a runner dropped any of these runs.
+    def fail_if_dropped(self, execution_ids: Any) -> None:
+        """Fail at once, naming them, when a runner dropped any of these runs as unknown.
 
-        Known product bug: KV buckets are provisioned with direct get (`allow_direct`),
-        and with 3 replicas a direct get may be answered by a replica that has not
-        applied the latest write yet (about 1 read in 100 right after the write, here).
-        A runner that gets a run command before its replica has the execution acks the
-        run and drops it ("run of unknown execution …"): the execution stays `queued`
+        KV buckets are read with direct get (`allow_direct`), and with 3 replicas a read
+        may be answered by a replica that has not applied the latest write yet (about 1
+        read in 100 right after the write, here). A runner that cannot read a run's
+        execution reads again, then has the run delivered again for about a minute and
+        a half before it drops it ("run of unknown execution …", see
+        runner.service.UNKNOWN_EXECUTION_DELIVERIES): a dropped run would stay `queued`
         for ever."""
         dropped = sorted(self.dropped_runs() & set(execution_ids))
         if dropped:
-            pytest.xfail(f"product bug: a runner dropped the run of {dropped} as unknown: its direct get of "
-                         "bd_execs (3 replicas) was answered by a replica without the broker's write; "
-                         "the executions stay queued")
+            pytest.fail(f"a runner dropped the run of {dropped} as unknown: bd_execs never showed it the "
+                        "broker's write")
 
     async def close(self, timeout: float = STOP_TIMEOUT) -> None:
         """SIGTERM to every service still running; SIGKILL to those still running after
@@ -555,7 +555,7 @@ async def executions(client: ApiClient, **filters: Any) -> list[dict[str, Any]]:
 async def readable_task(client: ApiClient, body: dict[str, Any]) -> dict[str, Any]:
     """Create a task and wait until `task.get` finds it. A read right after a write may
     reach a replica of `bd_tasks` that has not applied it yet (direct get on 3 replicas;
-    see `Services.xfail_if_dropped`), and `task.start` would answer 404."""
+    see `Services.fail_if_dropped`), and `task.start` would answer 404."""
     body = {"id": f"t{uuid.uuid4().hex[:16]}", **body}  # a create sent again must not make a second task
     task = await until(lambda: _create_once(client, body), 30, 0.2, "task.create answered")
     await until(lambda: client.call("task", "get", {"id": task["id"]}), 30, 0.05, f"task {task['id']} readable")

@@ -324,7 +324,7 @@ async def test_viewer_jetstream_reads_are_confined_to_the_org(login, stack: Stac
 # ---- operator and admin -----------------------------------------------------------------
 
 
-async def test_operator_starts_and_cancels_but_cannot_define(login):
+async def test_operator_starts_and_cancels_but_cannot_define(login, stack: Stack):
     admin_nc = await login("acme-admin")
     admin = ApiClient(admin_nc, "acme")
     operator = ApiClient(await login("acme-operator"), "acme")
@@ -341,6 +341,9 @@ async def test_operator_starts_and_cancels_but_cannot_define(login):
     while (await operator.call("exec", "get", {"id": execution_id}))["status"] != "running":  # on acme's runner
         assert time.monotonic() < deadline, "the runner did not start the run"
         await asyncio.sleep(0.05)
+    # what a runner given a copy of the run asks: the org's runner user may ask, and answer
+    held = await (await login("acme-runner")).request(f"bd.acme.ctl.exec.{execution_id}.held", b"{}", timeout=5)
+    assert json.loads(held.data)["runner_id"] == stack.runner.id
     assert (await operator.call("exec", "cancel", {"id": execution_id}))["acknowledged"] == "ok"
     while (execution := await operator.call("exec", "get", {"id": execution_id}))["status"] == "running":
         assert time.monotonic() < deadline, "the run was not canceled"

@@ -42,7 +42,7 @@ async def test_runs_of_a_killed_runner_finish_on_another_runner_or_end_lost(
 
         async def all_running_on_r1() -> bool:
             items = await list_executions(client)
-            services.xfail_if_dropped(e["id"] for e in items if e["status"] == "queued")
+            services.fail_if_dropped(e["id"] for e in items if e["status"] == "queued")
             return len(items) == RUNS and all((e["status"], e["runner_id"]) == ("running", "r1") for e in items)
 
         await wait_for(all_running_on_r1, 60, 0.1, f"all {RUNS} runs running on r1")
@@ -78,5 +78,5 @@ async def test_runs_of_a_killed_runner_finish_on_another_runner_or_end_lost(
     rerun_after = max(settled[i] for i, kind in kinds.items() if kind == "retried")
     figures.add(f"{RUNS} runs in the middle of a command on the killed runner (ack_wait {ACK_WAIT:g} s): "
                 f"{RUNS // 2} without retries ended lost within {lost_after:.1f} s of the kill, "
-                f"{RUNS // 2} with retries: 1 ran again on the other runner (a 1 s attempt 2) and succeeded within "
+                f"{RUNS // 2} with `retries: 1` ran again on the other runner (a 1 s attempt 2) and succeeded within "
                 f"{rerun_after:.1f} s; {len(final)} executions for {len(started)} starts, none left running")

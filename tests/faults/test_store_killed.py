@@ -62,7 +62,7 @@ async def test_kill_9_of_the_store_mid_burst_loses_and_doubles_no_line(
     began = time.monotonic()
 
     async def first_lines() -> int:
-        services.xfail_if_dropped([execution_id])
+        services.fail_if_dropped([execution_id])
         return await stored(execution_id)
 
     at_kill = await wait_for(first_lines, 60, 0.02, "the first lines of the burst stored")
