@@ -1,16 +1,27 @@
-"""What the benchmarks share: stopping a child process, reading its log and its CPU
-time from /proc, and reading py-spy raw (collapsed) profiles."""
+"""What the benchmarks share: their child processes (started, waited for, stopped
+whatever happens), reading a child's log and its CPU time from /proc, and reading
+py-spy raw (collapsed) profiles."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
 import signal
 import subprocess
+import sys
+import tempfile
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+
+from broker.server import EmbeddedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+READY_TIMEOUT = 180.0
+"""Seconds a child gets to say it is ready (a loaded 2-core machine is slow to import)."""
 
 
 def stop_process(process: subprocess.Popen, timeout: float) -> None:
@@ -95,3 +106,62 @@ def count_functions(samples: list[tuple[list[str], int]]) -> tuple[int, Counter[
         for name in set(frames):
             inclusive[name] += count
     return total, self_time, inclusive
+
+
+class Children:
+    """Every process this benchmark starts, so that any exit (Ctrl-C included) stops them."""
+
+    def __init__(self) -> None:
+        self.server: EmbeddedServer | None = None
+        self.processes: list[subprocess.Popen] = []
+
+    def spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
+        with open(log, "wb") as log_file:
+            # Own session: a Ctrl-C reaches the benchmark only, which then stops these.
+            process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    @staticmethod
+    def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
+        stop_process(process, timeout)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            self.stop(process, 5.0)
+        if self.server is not None:
+            self.server.stop()
+
+
+def run_with_children(prefix: str, body: Callable[[Children, Path], None]) -> None:
+    """`body(children, work)` in a fresh temporary directory; every process it started
+    is stopped whatever happens, and Ctrl-C exits 130 with a word of it."""
+    children = Children()
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as work:
+            try:
+                body(children, Path(work))
+            finally:
+                children.stop_all()
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
+        sys.exit(130)
+
+
+async def wait_for_line(process: subprocess.Popen, log: Path, pattern: re.Pattern[bytes],
+                        timeout: float = READY_TIMEOUT) -> re.Match[bytes]:
+    """The first match of `pattern` in the log of a starting child; RuntimeError with its
+    log's tail when it exits first or the timeout passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            match = pattern.search(log.read_bytes())
+        except OSError:
+            match = None
+        if match:
+            return match
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args[2]} exited with {process.returncode}:\n{tail(log)}")
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"{process.args[2]} was not ready within {timeout:g} s:\n{tail(log)}")

@@ -53,8 +53,7 @@ from typing import Any
 import nats
 from nats.js.errors import NotFoundError
 
-from benchmarks.common import ROOT, TICKS, stat_fields
-from benchmarks.scheduler import Children, _wait_for_line, run_with_children
+from benchmarks.common import ROOT, TICKS, Children, run_with_children, stat_fields, wait_for_line
 from broker import streams
 from broker.client import ApiClient
 from broker.errors import ApiError
@@ -188,7 +187,7 @@ async def start_stack(args: argparse.Namespace, children: Children, work: Path) 
         log = work / f"{name}.log"
         process = children.spawn([*batchdeck, kind, "--nats", url, *extra], log)
         pids[name], logs[name] = process.pid, log
-        await _wait_for_line(process, log, READY[kind])
+        await wait_for_line(process, log, READY[kind])
 
     await spawn("broker", "broker", [])  # provisions the streams: the others need them
     await asyncio.gather(

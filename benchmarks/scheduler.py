@@ -39,10 +39,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,7 +51,8 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from benchmarks.common import ROOT, count_functions, cpu_seconds, read_samples, stop_process, tail
+from benchmarks.common import (Children, count_functions, cpu_seconds, read_samples, run_with_children,
+                               wait_for_line)
 from broker import streams, subjects
 from broker.client import ApiClient
 from broker.schedule import fire_times, normalize_cron
@@ -64,7 +63,6 @@ ORG = subjects.DEFAULT_ORG
 ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo")
 PEER_SUBJECTS = "apsbench.trigger.*"
 CREATE_IN_FLIGHT = 200
-READY_TIMEOUT = 180.0
 START_DELAY = 2.0
 """Seconds at least between "loaded" and the window's start (rounded up to a whole second)."""
 GRACE_SECONDS = 5.0
@@ -153,63 +151,6 @@ def _peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-class Children:
-    """Every process this benchmark starts, so that any exit (Ctrl-C included) stops them."""
-
-    def __init__(self) -> None:
-        self.server: EmbeddedServer | None = None
-        self.processes: list[subprocess.Popen] = []
-
-    def spawn(self, argv: list[str], log: Path) -> subprocess.Popen:
-        with open(log, "wb") as log_file:
-            # Own session: a Ctrl-C reaches the benchmark only, which then stops these.
-            process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
-        self.processes.append(process)
-        return process
-
-    @staticmethod
-    def stop(process: subprocess.Popen, timeout: float = 20.0) -> None:
-        stop_process(process, timeout)
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            self.stop(process, 5.0)
-        if self.server is not None:
-            self.server.stop()
-
-
-def run_with_children(prefix: str, body: Callable[[Children, Path], None]) -> None:
-    """`body(children, work)` in a fresh temporary directory; every process it started
-    is stopped whatever happens, and Ctrl-C exits 130 with a word of it."""
-    children = Children()
-    try:
-        with tempfile.TemporaryDirectory(prefix=prefix) as work:
-            try:
-                body(children, Path(work))
-            finally:
-                children.stop_all()
-    except KeyboardInterrupt:
-        print("\ninterrupted; every process this benchmark started is stopped", file=sys.stderr)
-        sys.exit(130)
-
-
-async def _wait_for_line(process: subprocess.Popen, log: Path, pattern: re.Pattern[bytes],
-                         timeout: float = READY_TIMEOUT) -> re.Match[bytes]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            match = pattern.search(log.read_bytes())
-        except OSError:
-            match = None
-        if match:
-            return match
-        if process.poll() is not None:
-            raise RuntimeError(f"{process.args[2]} exited with {process.returncode}:\n{tail(log)}")
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{process.args[2]} was not ready within {timeout:g} s:\n{tail(log)}")
 
 
 class Profile:
@@ -427,7 +368,7 @@ async def batchdeck_round(nc: Client, js: JetStreamContext, url: str, specs: lis
     spawned = time.monotonic()
     process = children.spawn([sys.executable, "-m", "batchdeck", "scheduler", "--nats", url], log)
     try:
-        ready = await _wait_for_line(process, log, READY_LINE)
+        ready = await wait_for_line(process, log, READY_LINE)
         startup = time.monotonic() - spawned
         result, start, collector = await measure(nc, "bd.*.trigger.*", process.pid, children.server.process.pid,
                                                  args.seconds, "batchdeck", profile)
@@ -449,7 +390,7 @@ async def peer_round(nc: Client, url: str, specs: list[Spec], specs_file: Path, 
     process = children.spawn([sys.executable, "-m", "benchmarks.peer_apscheduler", "--nats", url,
                               "--specs", str(specs_file)], out)
     try:
-        ready = await _wait_for_line(process, out, re.compile(rb"^ready (\d+)$", re.MULTILINE))
+        ready = await wait_for_line(process, out, re.compile(rb"^ready (\d+)$", re.MULTILINE))
         startup = time.monotonic() - spawned
         result, start, collector = await measure(nc, PEER_SUBJECTS, process.pid, children.server.process.pid,
                                                  args.seconds, "APScheduler", profile)

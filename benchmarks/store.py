@@ -51,8 +51,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from benchmarks.common import cpu_seconds, frame_name, read_samples, tail
-from benchmarks.scheduler import Children, _wait_for_line, run_with_children
+from benchmarks.common import Children, cpu_seconds, frame_name, read_samples, run_with_children, tail, wait_for_line
 from broker import codec, streams, subjects
 from broker.client import ApiClient
 from broker.ids import new_id
@@ -247,7 +246,7 @@ async def ingest_round(nc: Client, js: JetStreamContext, url: str, args: argpars
     process = children.spawn([sys.executable, "-m", "batchdeck", "store", "--nats", url, "--db", str(db)], log)
     profiler = None
     try:
-        await _wait_for_line(process, log, READY_LINE)
+        await wait_for_line(process, log, READY_LINE)
         ready = time.perf_counter()
         before = _cpu_pair(process.pid, server_pid)
         if args.profile is not None and number == 1:

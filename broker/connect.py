@@ -1,6 +1,6 @@
 """How every batchdeck process connects to NATS: URL (user:password@ allowed), a creds
 file (nkeys/JWT), a token, TLS with a CA file, the reply inbox prefix; services
-reconnect forever.
+reconnect forever, with backoff.
 
 The server refuses a publish or a subscription its user may not make without failing
 the operation itself: it reports `-ERR 'Permissions Violation for Publish to "…"'`
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 import ssl
 import time
@@ -22,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from nats.aio.client import Client
+from nats.aio.client import Client, Server
 
 log = logging.getLogger("batchdeck.connect")
 
@@ -31,6 +32,9 @@ DEFAULT_INBOX_PREFIX = "_INBOX"
 """nats-py's reply inbox prefix; a user confined to its org's replies needs its own
 (`_INBOX_acme`, deploy/nats/auth.conf)."""
 _INBOX_PREFIX_RE = re.compile(r"^[^.*>\s]+(\.[^.*>\s]+)*$")
+RECONNECT_FIRST_WAIT = 0.25
+RECONNECT_MAX_WAIT = 5.0
+"""A service waits this long at most between two tries of one server (see `reconnect_backoff`)."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ async def connect(options: ConnectOptions, *, service: bool = False, **overrides
     if service:
         kwargs.update(
             max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
+            reconnect_to_server_handler=reconnect_backoff,
             disconnected_cb=_say(nc, "NATS connection lost; reconnecting"),
             reconnected_cb=_say(nc, "NATS connection is back"),
             error_cb=_on_error,
@@ -88,6 +92,19 @@ async def connect(options: ConnectOptions, *, service: bool = False, **overrides
     _DENIALS[nc] = denials
     await nc.connect(**kwargs)
     return nc
+
+
+def reconnect_backoff(servers: list[Server], _info: dict[str, Any]) -> tuple[Server, float]:
+    """The server a service tries next, and how long it waits first: the one that failed
+    least often since it last connected (so another node of a cluster is tried at once),
+    after a wait that doubles with each failure of it, from RECONNECT_FIRST_WAIT up to
+    RECONNECT_MAX_WAIT, jittered so that services that lost one server do not all knock
+    on it at the same moment."""
+    server = min(servers, key=lambda s: s.reconnects)
+    if server.reconnects == 0:
+        return server, 0.0
+    wait = min(RECONNECT_MAX_WAIT, RECONNECT_FIRST_WAIT * 2 ** (server.reconnects - 1))
+    return server, wait * random.uniform(0.75, 1.0)
 
 
 # ---- permission violations ------------------------------------------------------------

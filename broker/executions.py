@@ -31,6 +31,7 @@ from broker import codec, ids, stream_tail, streams, subjects
 from broker.buckets import Buckets
 from broker.client import reply_error
 from broker.definitions import Definitions
+from broker.endpoints import JETSTREAM_UNAVAILABLE
 from broker.errors import Conflict, NotFound, Unavailable
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
@@ -65,6 +66,11 @@ HISTORY_TIMEOUT = 2.0
 ADMIT_ATTEMPTS = 20
 ADMIT_WAITS = 10
 ADMIT_WAIT_SECONDS = 0.05
+ENQUEUE_TRY_TIMEOUT = 2.0
+ENQUEUE_PAUSES = (0.25, 0.5, 1.0, 2.0, 2.0, 2.0)
+"""A run's publish that JetStream does not acknowledge (a leader election on a cluster
+takes a few seconds) is tried again after these pauses, ENQUEUE_TRY_TIMEOUT each: about
+20 s in all before the execution is recorded `lost`. Safe, as BD_RUNS drops a copy."""
 RESEND_MARGIN = 20.0
 """Seconds short of BD_RUNS' de-duplication window past which a start no longer sends
 the run of a `queued` execution again (clocks of broker and server may differ)."""
@@ -127,7 +133,8 @@ class Executions:
     async def _started_before(self, org: str, execution_id: str) -> Execution | None:
         """The execution a start made before, unless its run may still need enqueueing
         (then the start goes through again, to its `_enqueue`)."""
-        existing = await self.buckets.execs.get(org, execution_id)
+        # A replica that misses it is no harm: the create that follows finds it.
+        existing = await self.buckets.execs.get_any_replica(org, execution_id)
         return existing if existing is not None and not _may_be_unenqueued(existing) else None
 
     async def run_trigger(
@@ -279,10 +286,20 @@ class Executions:
         return execution, True
 
     async def _publish_run(self, execution: Execution, command: RunCommand) -> None:
-        """Enqueue the run; the same run again within BD_RUNS' de-duplication window
-        (same execution and attempt) is dropped by the stream."""
-        await self.js.publish(subjects.run(execution.org, execution.pool), codec.encode(command),
-                              headers={"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"})
+        """Enqueue the run, trying again while JetStream does not answer; the same run
+        again within BD_RUNS' de-duplication window (same execution and attempt) is
+        dropped by the stream."""
+        subject, data = subjects.run(execution.org, execution.pool), codec.encode(command)
+        headers = {"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"}
+        for pause in (*ENQUEUE_PAUSES, None):
+            try:
+                await self.js.publish(subject, data, headers=headers, timeout=ENQUEUE_TRY_TIMEOUT)
+                return
+            except JETSTREAM_UNAVAILABLE as err:
+                if pause is None:
+                    raise
+                log.warning("run of %s not enqueued yet (%r); trying again in %g s", execution.id, err, pause)
+                await asyncio.sleep(pause)
 
     async def _publish_state(self, execution: Execution) -> None:
         headers = None if execution.trace else {subjects.TRACE_HEADER: "false"}

@@ -48,11 +48,18 @@ class Records(Generic[T]):
     async def get(self, org: str, record_id: str) -> T | None:
         """The record, or None. With `leader_on_miss`, a record a direct get did not find
         is asked of the stream's leader before it is called missing."""
-        key = kv_key(org, record_id)
+        record = await self.get_any_replica(org, record_id)
+        if record is None and self.leader_on_miss:
+            return await self._get_from_leader(kv_key(org, record_id))
+        return record
+
+    async def get_any_replica(self, org: str, record_id: str) -> T | None:
+        """A direct get only: it may miss a record written a moment ago. For a check that
+        a compare-and-set write follows (which would find the record)."""
         try:
-            entry = await self.kv.get(key)
+            entry = await self.kv.get(kv_key(org, record_id))
         except (KeyNotFoundError, KeyDeletedError):
-            return await self._get_from_leader(key) if self.leader_on_miss else None
+            return None
         return self._decode(entry.value, entry.revision)
 
     async def _get_from_leader(self, key: str) -> T | None:

@@ -146,12 +146,18 @@ class ControlPlane:
                         messages = await self._trigger_sub.fetch(64, timeout=1.0)
                     except (NatsTimeout, asyncio.TimeoutError):
                         continue
-                    await asyncio.gather(*(self._handle_trigger(m) for m in messages))
+                    await asyncio.gather(*(self._handle_in_order(batch) for batch in _by_subject(messages)))
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # server restart, consumer gone: re-create it
                 log.warning("trigger consumer: %r; retrying", err)
                 await asyncio.sleep(1.0)
+
+    async def _handle_in_order(self, messages: list[Any]) -> None:
+        """One batch's triggers one after another, in the order they were fired (the
+        ticks a catch-up fires run in order); other batches' meanwhile."""
+        for msg in messages:
+            await self._handle_trigger(msg)
 
     async def _handle_trigger(self, msg: Any) -> None:
         org = subjects.org_of(msg.subject)
@@ -207,3 +213,11 @@ class ControlPlane:
         except Exception:
             log.exception("could not publish the refused trigger event")
 
+
+def _by_subject(messages: list[Any]) -> list[list[Any]]:
+    """Messages grouped by subject (a trigger subject names one batch), each group in
+    stream order."""
+    groups: dict[str, list[Any]] = {}
+    for msg in messages:
+        groups.setdefault(msg.subject, []).append(msg)
+    return list(groups.values())

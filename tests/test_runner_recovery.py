@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from expectations import eventually
 from processes import processes_with, unique_sleep
 from runner import service as runner_service
 from runner.service import consumer_name
@@ -193,11 +194,7 @@ async def test_a_run_delivered_again_while_its_runner_still_runs_it_is_left_to_t
         info = await js.consumer_info("BD_RUNS", consumer_name(org, "default"))
         return info.num_pending == 0 and info.num_ack_pending == 0
 
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while not await copy_settled():
-        assert loop.time() < deadline, "the copy of the run was never settled"
-        await asyncio.sleep(0.1)
+    await eventually(copy_settled, 15, 0.1, "the copy of the run settled")
     assert (await api.call("exec", "get", {"id": execution_id}))["status"] == "succeeded"
 
 
@@ -217,11 +214,11 @@ async def test_a_run_whose_execution_is_not_readable_yet_runs_once_it_is(
     await execs.delete(key)  # what a lagging replica shows
 
     await runner_factory(name="r-lag")
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while "the execution is not readable yet" not in caplog.text:
-        assert loop.time() < deadline, "the runner never found the execution missing"
-        await asyncio.sleep(0.05)
+
+    async def found_missing() -> bool:
+        return "the execution is not readable yet" in caplog.text
+
+    await eventually(found_missing, 15, 0.05, "the runner finding the execution missing")
     await execs.put(key, record)  # the replica catches up
 
     execution = await wait_exec(execution_id, timeout=20.0)
@@ -243,14 +240,12 @@ async def test_a_run_of_an_execution_that_never_shows_is_dropped_in_the_end(
 
     await runner_factory(name="r-ghost")
     assert (await wait_exec(first))["status"] == "succeeded"
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while True:
+
+    async def queue_empty() -> bool:
         info = await js.consumer_info("BD_RUNS", consumer_name(org, "default"))
-        if info.num_pending == 0 and info.num_ack_pending == 0:
-            break
-        assert loop.time() < deadline, f"the run of a ghost execution was never dropped: {info}"
-        await asyncio.sleep(0.1)
+        return info.num_pending == 0 and info.num_ack_pending == 0
+
+    await eventually(queue_empty, 15, 0.1, "the run of a ghost execution dropped")
     assert caplog.text.count("run of ghost-execution: the execution is not readable yet") == 2, caplog.text
     assert "run of unknown execution ghost-execution (expired from bd_execs?); dropped" in caplog.text
 

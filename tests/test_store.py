@@ -19,7 +19,7 @@ import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,10 @@ import duckdb
 import nats
 import pytest
 import pytest_asyncio
-from expectations import expect_error, parse_time
+from expectations import eventually, expect_error, parse_time
 
 from broker import codec, subjects
 from broker.client import ApiClient
-from broker.errors import ApiError
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from broker.timestamps import parse_iso, to_iso
@@ -48,27 +47,6 @@ BATCHDECK = [sys.executable, "-m", "batchdeck"]
 
 
 # ---- helpers ------------------------------------------------------------------------
-
-
-async def wait_until(probe: Callable[[], Awaitable[Any]], timeout: float = 15.0, interval: float = 0.1,
-                     what: str = "the condition") -> Any:
-    """Await `probe()` until it returns something truthy and return that; fail the test
-    with the last value seen (or the last error) when `timeout` seconds pass. An
-    ApiError counts as "not yet" (a store that is (re)starting answers no one)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await probe()
-        except ApiError as err:
-            last = err
-        else:
-            if last:
-                return last
-        if loop.time() > deadline:
-            pytest.fail(f"{what} not reached within {timeout:g} s; last seen: {last!r:.2000}")
-        await asyncio.sleep(interval)
 
 
 def sh(script: str) -> list[str]:
@@ -144,7 +122,7 @@ class Stack:
             execution = await self.api(org).call("exec", "get", {"id": execution_id})
             return execution if execution["status"] in FINAL else None
 
-        return await wait_until(probe, timeout, 0.05, f"execution {execution_id} final")
+        return await eventually(probe, timeout, 0.05, f"execution {execution_id} final")
 
     async def stored(self, execution_id: str, org: str = ACME, timeout: float = 15.0) -> dict[str, Any]:
         """The execution's history row once the store holds its final state."""
@@ -154,7 +132,7 @@ class Stack:
                                   [execution_id], org)
             return rows[0] if rows else None
 
-        return await wait_until(probe, timeout, 0.1, f"execution {execution_id} final in the store")
+        return await eventually(probe, timeout, 0.1, f"execution {execution_id} final in the store")
 
     async def publish_lines(self, org: str, execution_id: str, count: int, chunk: int = 1000) -> None:
         """`count` log lines (idx 1..count) published straight to BD_EVENTS, as a runner
@@ -267,7 +245,7 @@ async def test_a_run_is_in_history_with_its_status_actions_every_log_line_and_it
         rows = await stack.sql("SELECT id, executions, host, pools, first_seen, last_seen FROM runners")
         return rows if rows and rows[0]["host"] else []
 
-    runners = await wait_until(described, what="the runner's host and pools")
+    runners = await eventually(described, what="the runner's host and pools")
     assert [(r["id"], r["executions"]) for r in runners] == [(runner.id, 1)], runners
     assert runners[0]["host"] == runner.describe().host and runners[0]["pools"] == ["default"]
     assert at(runners[0]["first_seen"]) <= parse_time(execution["started_at"])
@@ -298,7 +276,7 @@ async def test_triggers_and_every_definition_version_are_in_history(stack):
                                   "(SELECT count(*) FROM tasks) AS tasks, (SELECT count(*) FROM batches) AS batches"))[0]
         return counts == {"triggers": 2, "tasks": 2, "batches": 2}
 
-    await wait_until(caught_up, what="2 triggers, 2 task versions, 2 batch versions")
+    await eventually(caught_up, what="2 triggers, 2 task versions, 2 batch versions")
 
     triggers = {t["source"]: t for t in await stack.sql("SELECT * FROM triggers")}
     by_hand = triggers["manual"]
@@ -341,7 +319,7 @@ async def test_an_untraced_run_leaves_no_rows(stack):
         msg = await stack.js.get_last_msg("BD_EVENTS", f"bd.{ACME}.evt.exec.{hidden['id']}.state")
         return msg if json.loads(msg.data)["status"] == "succeeded" else None
 
-    msg = await wait_until(final_event, what="the untraced run's final state event")
+    msg = await eventually(final_event, what="the untraced run's final state event")
     assert (msg.headers or {}).get("Bd-Trace") == "false"
 
     # A traced run after it: once the store holds it, the store has read past the other.
@@ -412,9 +390,9 @@ async def test_kill_9_in_the_middle_of_a_burst_loses_and_doubles_no_line(bare_st
     store = await spawn_store(stack.url, stack.db, log)
     burst: asyncio.Task[None] | None = None
     try:
-        await wait_until(lambda: api.call("history", "sql", {"sql": "SELECT 1"}), 20, what="the store serving")
+        await eventually(lambda: api.call("history", "sql", {"sql": "SELECT 1"}), 20, what="the store serving")
         burst = asyncio.create_task(stack.publish_lines(ACME, execution_id, 20_000))
-        await wait_until(stored_lines, 20, 0.02, "some of the burst stored")
+        await eventually(stored_lines, 20, 0.02, "some of the burst stored")
         at_kill = await stored_lines()
         store.send_signal(signal.SIGKILL)
         assert await store.wait() == -signal.SIGKILL
@@ -427,7 +405,7 @@ async def test_kill_9_in_the_middle_of_a_burst_loses_and_doubles_no_line(bare_st
             row = (await api.call("history", "sql", count_sql))["rows"][0]
             return row if row[0] >= 20_000 else None
 
-        await wait_until(complete, 40, 0.2, "all 20000 lines stored after the restart")
+        await eventually(complete, 40, 0.2, "all 20000 lines stored after the restart")
         await asyncio.sleep(1.0)  # nothing more arrives later either
         assert (await api.call("history", "sql", count_sql))["rows"] == [[20_000, 20_000, 1, 20_000]]
     finally:
@@ -455,7 +433,7 @@ async def test_the_ingest_reads_events_as_raw_bytes_not_through_nats_py_message_
                                [execution_id])
         return rows == [{"n": 2000, "d": 2000}]
 
-    await wait_until(all_stored, 20, what="the 2000 lines stored")
+    await eventually(all_stored, 20, what="the 2000 lines stored")
     inbox = stack.store.ingest.puller.inbox
     assert inbox.converted == 0, "events came through nats-py's Msg path: store.raw_inbox's hook is not called"
     assert inbox.raw >= 2000
@@ -478,7 +456,7 @@ async def test_log_text_of_any_kind_is_stored_exactly_as_published(stack):
         rows = await stack.sql("SELECT idx, ts, msg FROM logs WHERE execution_id = ? ORDER BY idx", [execution_id])
         return rows if len(rows) == len(texts) else []
 
-    rows = await wait_until(stored, 20, what="the odd lines stored")
+    rows = await eventually(stored, 20, what="the odd lines stored")
     assert [row["msg"] for row in rows] == texts
     assert rows[1]["ts"] is None and all(row["ts"] is not None for i, row in enumerate(rows) if i != 1)
 
@@ -515,7 +493,7 @@ async def notifications(stack: Stack, count: int, org: str = ACME, where: str = 
         rows = await stack.sql(f"SELECT * FROM notifications WHERE {where} ORDER BY target", params, org)
         return rows if len(rows) == count else []
 
-    return await wait_until(probe, 20, what=f"{count} notification rows where {where}")
+    return await eventually(probe, 20, what=f"{count} notification rows where {where}")
 
 
 async def test_each_recipient_of_a_run_is_one_notifications_row_holding_its_last_outcome(stack):
@@ -639,7 +617,7 @@ async def test_long_lines_come_in_pages_that_fit_a_message_and_the_cli_prints_th
         rows = await stack.sql("SELECT count(*) AS n FROM logs WHERE execution_id = ?", [execution_id])
         return rows[0]["n"] == 600
 
-    await wait_until(all_stored, 20.0, 0.2, "600 long lines stored")
+    await eventually(all_stored, 20.0, 0.2, "600 long lines stored")
     page = await stack.api().call("exec", "logs", {"id": execution_id, "limit": 1000})
     assert 0 < len(page["items"]) < 600, "one reply cannot hold 2.4 MB"
     assert [line["idx"] for line in page["items"]] == list(range(1, len(page["items"]) + 1))
@@ -662,7 +640,7 @@ async def test_batch_results_pages_the_batchs_runs_newest_first(stack):
     async def known() -> Any:
         return await api.call("batch", "results", {"id": batch["id"]})
 
-    empty = await wait_until(known, what="the batch in the store")
+    empty = await eventually(known, what="the batch in the store")
     assert (empty["items"], empty["total"]) == ([], 0)
 
     failed_id = (await api.call("batch", "start", {"id": batch["id"], "context": {"code": 3}}))["execution_id"]
@@ -702,7 +680,7 @@ async def test_batch_results_orders_runs_of_one_second_by_time(stack):
                  "queued_at": queued_at, "started_at": queued_at, "finished_at": queued_at, "duration_ms": 0,
                  "version": 3}
         await stack.js.publish(f"bd.{ACME}.evt.exec.{execution_id}.state", json.dumps(state).encode())
-    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
+    await eventually(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
 
     api = stack.api()
     newest_first = await api.call("batch", "results", {"id": batch_id})
@@ -725,7 +703,7 @@ async def test_exec_history_lists_stored_runs_by_filter_window_sort_and_page_and
         state = {"id": execution_id, "org": org, "batch_id": "nightly", "name": "nightly", "status": status,
                  "queued_at": queued_at, "finished_at": queued_at, "duration_ms": duration, "version": 3}
         await stack.js.publish(f"bd.{org}.evt.exec.{execution_id}.state", json.dumps(state).encode())
-    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
+    await eventually(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 3"), what="3 runs stored")
     api = stack.api()
 
     async def ids(verb: str = "history", **body: Any) -> list[str]:
@@ -908,8 +886,8 @@ async def test_batchdeck_export_writes_parquet_by_table_and_day(stack, tmp_path)
         await stack.js.publish(f"bd.{ACME}.evt.exec.{execution_id}.state", json.dumps(state).encode())
     await stack.publish_lines(ACME, "e-new", 4500)  # more than one page of history.sql
     await stack.publish_lines(GLOBEX, "other-org", 10)  # not ours: never exported
-    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM logs HAVING n = 4500"), 20.0, what="lines stored")
-    await wait_until(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 2"), what="runs stored")
+    await eventually(lambda: stack.sql("SELECT count(*) AS n FROM logs HAVING n = 4500"), 20.0, what="lines stored")
+    await eventually(lambda: stack.sql("SELECT count(*) AS n FROM executions HAVING n = 2"), what="runs stored")
 
     everything, recent = tmp_path / "all", tmp_path / "recent"
     code, out, err = await batchdeck(stack, "export", "--parquet", str(everything), "--json")

@@ -51,8 +51,9 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from broker.client import ApiClient
-from broker.errors import ApiError, Conflict, Unavailable
+from broker.errors import Conflict, Unavailable
 from broker.server import find_binary, free_port
+from expectations import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_CONF = REPO / "deploy" / "nats" / "node.conf"
@@ -126,31 +127,10 @@ def fault_logs(request: pytest.FixtureRequest) -> list[Path]:
 # ---- polling -----------------------------------------------------------------------
 
 
-async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.1,
-                what: str = "the condition") -> Any:
-    """Await `probe()` until it returns something truthy and return that; fail the test
-    with the last value (or error) seen once `timeout` seconds have passed. An ApiError
-    or a NATS timeout counts as "not yet": a service may be restarting."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await probe()
-        except (TimeoutError, ApiError, nats.errors.Error) as err:
-            last = err
-        else:
-            if last:
-                return last
-        if loop.time() > deadline:
-            pytest.fail(f"{what} not reached within {timeout:g} s; last seen: {last!r:.2000}")
-        await asyncio.sleep(interval)
-
-
 @pytest.fixture
 def wait_for() -> Callable[..., Awaitable[Any]]:
-    """`await wait_for(probe, timeout, interval, what)`: see `until`."""
-    return until
+    """`await wait_for(probe, timeout, interval, what)`: see `expectations.eventually`."""
+    return eventually
 
 
 # ---- the cluster ---------------------------------------------------------------------
@@ -336,7 +316,7 @@ async def placement_ready(cluster: Cluster, timeout: float = 60.0) -> None:
             await js.delete_stream("FAULTS_PLACEMENT_PROBE")
             return True
 
-        await until(placed, timeout, 0.1, "a 3-replica stream placed")
+        await eventually(placed, timeout, 0.1, "a 3-replica stream placed")
     finally:
         await nc.close()
 
@@ -418,7 +398,7 @@ class Service:
                             f"{_tail(self.log_file)}")
             return False
 
-        return await until(probe, timeout, 0.05, f"{self.name} logging {text!r}") is True
+        return await eventually(probe, timeout, 0.05, f"{self.name} logging {text!r}") is True
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would."""
@@ -557,8 +537,8 @@ async def readable_task(client: ApiClient, body: dict[str, Any]) -> dict[str, An
     reach a replica of `bd_tasks` that has not applied it yet (direct get on 3 replicas;
     see `Services.fail_if_dropped`), and `task.start` would answer 404."""
     body = {"id": f"t{uuid.uuid4().hex[:16]}", **body}  # a create sent again must not make a second task
-    task = await until(lambda: _create_once(client, body), 30, 0.2, "task.create answered")
-    await until(lambda: client.call("task", "get", {"id": task["id"]}), 30, 0.05, f"task {task['id']} readable")
+    task = await eventually(lambda: _create_once(client, body), 30, 0.2, "task.create answered")
+    await eventually(lambda: client.call("task", "get", {"id": task["id"]}), 30, 0.05, f"task {task['id']} readable")
     return task
 
 
