@@ -65,10 +65,11 @@ def exec_cancel(org: str, execution_id: str) -> str:
     return f"{PREFIX}.{org}.ctl.exec.{execution_id}.cancel"
 
 
-def exec_held(org: str, execution_id: str) -> str:
-    """The core request the runner holding an execution answers with its id: asked by a
-    runner that received the run again while the execution is marked running."""
-    return f"{PREFIX}.{org}.ctl.exec.{execution_id}.held"
+def runner_holds(org: str, runner_id: str) -> str:
+    """The core request one runner answers: does it run this execution now? Asked by a
+    runner that received a run again while its execution names that runner as running
+    it; no responder means no such runner is connected."""
+    return f"{PREFIX}.{org}.ctl.runner.{runner_id}.holds"
 
 
 TRACE_HEADER = "Bd-Trace"

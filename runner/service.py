@@ -65,8 +65,9 @@ class RunCounters:
 
 
 HOLDER_TIMEOUT = 1.0
-"""Seconds a runner waits for the runner marked on a redelivered `running` execution to
-say it still holds it, before taking the run over as the next attempt (or `lost`)."""
+"""Seconds a runner waits for the runner named on a redelivered `running` execution to
+say whether it still runs it, before taking the run over as the next attempt (or `lost`).
+A runner that is gone is known at once: the server says nobody listens."""
 
 UNKNOWN_EXECUTION_RETRIES = (0.1, 0.2, 0.4, 0.8, 1.5)
 """Pauses between reads of an execution a run names but bd_execs does not show yet."""
@@ -141,7 +142,7 @@ class RunnerService:
                                   StartCounter(self.buckets.task_starts, self.id))
         self._control_subs = [
             await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel),
-            await self.nc.subscribe(subjects.exec_held(self.org, "*"), cb=self._on_held),
+            await self.nc.subscribe(subjects.runner_holds(self.org, self.id), cb=self._on_holds),
         ]
         await self._heartbeat()
         self._heartbeat_loop = asyncio.create_task(self._heartbeat_forever(), name="runner-heartbeat")
@@ -298,11 +299,12 @@ class RunnerService:
         if execution is None:
             await self._unknown_execution(msg, command)
             return
-        if execution.status == "running" and (holder := await self._holder_of(execution)) is not None:
+        if execution.status == "running" and await self._still_run_by_its_runner(execution):
             # Its runner lives and runs it: the claim renewals it sent were lost (a consumer
             # leader moving forgets them) or came late. Come back to the copy after a
             # whole ack_wait, in case that runner dies meanwhile; its ack ends both.
-            log.warning("run of %s redelivered while runner %s still runs it; left to it", execution.id, holder)
+            log.warning("run of %s redelivered while runner %s still runs it; left to it", execution.id,
+                        execution.runner_id)
             await msg.nak(delay=self.ack_wait)
             return
         run = ActiveRun(command, execution)
@@ -403,24 +405,38 @@ class RunnerService:
         run.cancel.set()
         await msg.respond(codec.encode({"acknowledged": "ok", "runner_id": self.id}))
 
-    async def _holder_of(self, execution: Execution) -> str | None:
-        """The id of the runner that says it runs this execution now, if one does within
-        HOLDER_TIMEOUT."""
+    async def _still_run_by_its_runner(self, execution: Execution) -> bool:
+        """Whether the runner the execution names says it runs it now (within
+        HOLDER_TIMEOUT). A runner restarted under the same name says no."""
+        if execution.runner_id is None:
+            return False
+        if execution.runner_id == self.id:
+            return execution.id in self.active
+        body = codec.encode({"execution_id": execution.id})
         try:
-            reply = await self.nc.request(subjects.exec_held(self.org, execution.id), b"{}", timeout=HOLDER_TIMEOUT)
-        except (NatsTimeout, NoRespondersError, asyncio.TimeoutError):
-            return None  # nobody holds it: its runner died (or stalls for longer than this)
+            reply = await self.nc.request(subjects.runner_holds(self.org, execution.runner_id), body,
+                                          timeout=HOLDER_TIMEOUT)
+        except NoRespondersError:
+            return False  # that runner is gone
+        except (NatsTimeout, asyncio.TimeoutError):
+            log.warning("runner %s did not say within %g s whether it runs %s; taking it for gone",
+                        execution.runner_id, HOLDER_TIMEOUT, execution.id)
+            return False
         try:
-            return str(codec.decode(reply.data)["runner_id"])
+            return codec.decode(reply.data)["held"] is True
         except Exception as err:
-            log.warning("unreadable answer to who holds %s: %s", execution.id, err)
-            return None
+            log.warning("unreadable answer of runner %s about %s: %s", execution.runner_id, execution.id, err)
+            return False
 
-    async def _on_held(self, msg: Msg) -> None:
-        execution_id = msg.subject.split(".")[-2]
+    async def _on_holds(self, msg: Msg) -> None:
+        try:
+            execution_id = str(codec.decode(msg.data)["execution_id"])
+        except Exception:
+            return  # not a question this runner can answer
         run = self.active.get(execution_id)
-        if run is not None and msg.reply:  # not ours: silence, the holder answers
-            await msg.respond(codec.encode({"runner_id": self.id, "attempt": run.execution.attempt}))
+        if msg.reply:
+            await msg.respond(codec.encode({"runner_id": self.id, "execution_id": execution_id, "held": run is not None,
+                                            "attempt": run.execution.attempt if run is not None else None}))
 
     # ---- registry ----------------------------------------------------------------
 

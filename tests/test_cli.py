@@ -230,6 +230,19 @@ async def test_batch_next_and_triggers_through_the_cli(run):
     assert (await run("batch", "triggers", "ghost")).returncode == 1
 
 
+async def test_a_start_with_an_idempotency_key_runs_once_however_often_it_is_sent(run):
+    assert (await run("task", "create", "--name", "t", "--id", "once", "--", "true")).returncode == 0
+    first = json.loads((await run("task", "start", "once", "--idempotency-key", "deploy-4711", "--json")).stdout)
+    again = await run("task", "start", "once", "--idempotency-key", "deploy-4711")
+    assert again.returncode == 0, again.stderr
+    assert f"already started execution {first['execution_id']}" in again.stdout
+    assert first["duplicate"] is False
+    listed = json.loads((await run("exec", "list", "--filter", "task_id=once", "--json")).stdout)
+    assert listed["total"] == 1
+    refused = await run("task", "start", "once", "--idempotency-key", "has space")
+    assert refused.returncode == 1 and "idempotency_key" in refused.stderr
+
+
 async def test_notify_rules_from_flags_and_their_errors(run):
     created = await run("task", "create", "--name", "nightly", "--id", "nightly", "--notify", "ops@example.com",
                         "--notify", "https://chat.example.com/hook", "--notify-on", "always", "--json", "--", "true")

@@ -21,7 +21,8 @@ from typing import Any
 from nats.aio.client import Client
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
-from test_store import ACME, _stack, wait_until
+from expectations import eventually
+from test_store import ACME, _stack
 
 from broker import ids, subjects
 from broker.client import ApiClient
@@ -324,7 +325,7 @@ async def test_log_batches_reads_the_stores_pages_then_only_newer_stream_lines(t
             rows = await stack.sql("SELECT count(*) AS n FROM logs WHERE execution_id = ?", [execution_id])
             return rows[0]["n"] == 4500
 
-        await wait_until(stored, 30.0, 0.2, "4500 lines stored")
+        await eventually(stored, 30.0, 0.2, "4500 lines stored")
         # Lines 1..4500 now only in the store, 4490..4600 on the stream (the store may take them too).
         await stack.js.purge_stream("BD_EVENTS", subject=log)
         await publish(stack.nc, log, make_lines(4490, 111, execution_id))

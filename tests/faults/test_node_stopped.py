@@ -16,8 +16,8 @@ No run may end `lost`: no runner stops. Two causes made runs end `lost` here bef
 they were fixed: a runner's write of an execution failing for a passing JetStream error
 while a stream leader moved (the runner now retries it), and a run delivered again to
 the other runner while its own runner still ran it, because the consumer leader that
-took over did not carry the claim renewals (the other runner now asks who holds it,
-`bd.{org}.ctl.exec.{id}.held`, and leaves it to that runner).
+took over did not carry the claim renewals (the other runner now asks the runner the
+execution names, `bd.{org}.ctl.runner.{id}.holds`, and leaves it to that runner).
 """
 
 from __future__ import annotations

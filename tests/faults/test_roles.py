@@ -341,9 +341,11 @@ async def test_operator_starts_and_cancels_but_cannot_define(login, stack: Stack
     while (await operator.call("exec", "get", {"id": execution_id}))["status"] != "running":  # on acme's runner
         assert time.monotonic() < deadline, "the runner did not start the run"
         await asyncio.sleep(0.05)
-    # what a runner given a copy of the run asks: the org's runner user may ask, and answer
-    held = await (await login("acme-runner")).request(f"bd.acme.ctl.exec.{execution_id}.held", b"{}", timeout=5)
-    assert json.loads(held.data)["runner_id"] == stack.runner.id
+    # what a runner given a copy of the run asks its runner: the org's runner user may ask, and answer
+    held = await (await login("acme-runner")).request(f"bd.acme.ctl.runner.{stack.runner.id}.holds",
+                                                        json.dumps({"execution_id": execution_id}).encode(), timeout=5)
+    assert json.loads(held.data) == {"runner_id": stack.runner.id, "execution_id": execution_id, "held": True,
+                                     "attempt": 1}
     assert (await operator.call("exec", "cancel", {"id": execution_id}))["acknowledged"] == "ok"
     while (execution := await operator.call("exec", "get", {"id": execution_id}))["status"] == "running":
         assert time.monotonic() < deadline, "the run was not canceled"
