@@ -18,9 +18,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import msgspec
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from broker.buckets import Buckets
 from broker.records import VersionConflict
@@ -31,14 +28,10 @@ from runner.events import EventStream
 from runner.modules import Module, ModuleContext, validate_params
 from runner.process import run_process
 from runner.starts import StartCounter
+from runner.transient import through_leader_changes
 
 log = logging.getLogger("batchdeck.runner")
 
-TRANSIENT_KV_ERRORS = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, NoStreamResponseError,
-                       ServiceUnavailableError)
-"""What a KV write raises while JetStream elects a leader or a server restarts."""
-SAVE_RETRY_LIMIT = 30.0
-"""A save retries with doubling pauses while the next pause is at most this (about a minute in all)."""
 PROGRESS_SAVE_INTERVAL = 1.0
 """Seconds between writes of progress to bd_execs (progress events go out at once)."""
 
@@ -97,27 +90,20 @@ class RunExecutor:
         """Compare-and-set the execution, keeping a cancel flag set meanwhile. The lines
         logged before are stored first: whoever reads a final state finds every line."""
         await self.events.flush()
-        pause = 0.1
+        execs, what = self.env.buckets.execs, f"saving execution {self.execution.id}"
         while True:
             try:
-                self.run.execution = await self.env.buckets.execs.update(
-                    self.org, self.execution.id, self.execution, self.execution.version
-                )
+                # Tried again through a leader change: a write that did land comes back
+                # as a VersionConflict, handled below.
+                self.run.execution = await through_leader_changes(what, lambda: execs.update(
+                    self.org, self.execution.id, self.execution, self.execution.version))
                 break
-            except TRANSIENT_KV_ERRORS as err:
-                # A JetStream leader change or a server restart: the write is tried again
-                # (a write that did land comes back as a VersionConflict, handled below),
-                # never taken for the runner's death.
-                if pause > SAVE_RETRY_LIMIT:
-                    raise
-                log.warning("saving execution %s: %r; retrying", self.execution.id, err)
-                await asyncio.sleep(pause)
-                pause *= 2
             except VersionConflict:
-                stored = await self.env.buckets.execs.get(self.org, self.execution.id)
+                stored = await through_leader_changes(what, lambda: execs.get(self.org, self.execution.id))
                 if stored is None:
                     log.warning("execution %s vanished from bd_execs; writing it again", self.execution.id)
-                    self.run.execution = await self.env.buckets.execs.put(self.org, self.execution.id, self.execution)
+                    self.run.execution = await through_leader_changes(
+                        what, lambda: execs.put(self.org, self.execution.id, self.execution))
                     break
                 if stored.is_final and not self.execution.is_final:
                     self.run.execution = stored
@@ -301,7 +287,8 @@ class RunExecutor:
             params = validate_params(module.params, task.params)
         except ValueError as err:
             return Outcome("failed", error=f"invalid params for module {module.name!r}: {err}", retryable=False)
-        runtime = await self.env.buckets.task_state.get(self.org, task.id)
+        runtime = await through_leader_changes(f"reading the state of task {task.id}",
+                                               lambda: self.env.buckets.task_state.get(self.org, task.id))
         stored_state = runtime.state if runtime is not None else {}
         exit_codes: list[int] = []
 
@@ -354,14 +341,16 @@ class RunExecutor:
     async def _save_state(self, task: Task, state: dict[str, Any]) -> None:
         """Persist a module's state for its next run (last writer wins between runs
         that overlap, as each read the state when it started)."""
-        records = self.env.buckets.task_state
+        records, what = self.env.buckets.task_state, f"saving the state of task {task.id}"
         while True:
-            current = await records.get(self.org, task.id)
+            current = await through_leader_changes(what, lambda: records.get(self.org, task.id))
             try:
                 if current is None:
-                    await records.create(self.org, task.id, TaskRuntime(state=state))
+                    await through_leader_changes(what, lambda: records.create(self.org, task.id,
+                                                                              TaskRuntime(state=state)))
                 else:
-                    await records.update(self.org, task.id, TaskRuntime(state=state), current.version)
+                    await through_leader_changes(what, lambda version=current.version: records.update(
+                        self.org, task.id, TaskRuntime(state=state), version))
                 return
             except VersionConflict:
                 await asyncio.sleep(random.uniform(0, 0.01))

@@ -13,6 +13,7 @@ from collections import defaultdict
 from broker.records import Records
 from broker.timestamps import now_iso
 from broker.types import TaskStarts
+from runner.transient import through_leader_changes
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -37,10 +38,11 @@ class StartCounter:
         async with self.locks[key]:
             if self.written[key] >= mine:
                 return
+            what = f"counting a start of task {task_id}"
             if key not in self.base:
-                stored = await self.records.get(org, record_id)
+                stored = await through_leader_changes(what, lambda: self.records.get(org, record_id))
                 self.base[key] = stored.start_count if stored is not None else 0
             local = count.start_count
             snapshot = TaskStarts(start_count=self.base[key] + local, last_started_at=count.last_started_at)
-            await self.records.put(org, record_id, snapshot)
+            await through_leader_changes(what, lambda: self.records.put(org, record_id, snapshot))
             self.written[key] = local
