@@ -54,6 +54,7 @@ class Endpoints:
                 name=f"{resource}-{verb}", subject=subjects.api_any_org(resource, verb), handler=self._wrap(handler),
                 metadata={"resource": resource, "verb": verb},
             )
+        await self.nc.flush()  # the server has every subscription: "serving" means answering
 
     async def stop(self) -> None:
         if self.service is not None:

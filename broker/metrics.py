@@ -101,6 +101,7 @@ class Metrics:
             self.instance = self.micro.id
         await self.micro.add_endpoint(name=METRICS_ENDPOINT, subject=f"$SRV.METRICS.{name}.{self.micro.id}",
                                       handler=self._answer, metadata={"kind": "metrics"})
+        await nc.flush()  # PING, INFO and STATS are answered from now on
         return self.micro
 
     def attach(self, service: Service) -> None:

@@ -75,7 +75,8 @@ UNKNOWN_EXECUTION_DELIVERIES = 20
 UNKNOWN_EXECUTION_PAUSE = 3.0
 """A run whose execution is still unreadable after those reads is delivered again after
 this many seconds (to any runner, whose replica may have it), and dropped only at its
-20th delivery: about a minute and a half after it was enqueued."""
+20th delivery: about two minutes after it was enqueued (each delivery also reads
+for 3 s)."""
 
 
 def consumer_name(org: str, pool: str) -> str:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
+import os
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,6 +26,49 @@ from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from runner.service import RunnerService, consumer_name
+
+
+STUCK_AFTER = float(os.environ.get("BATCHDECK_TEST_STUCK_AFTER", "150"))
+"""Seconds after which a test still running prints the stack of every asyncio task."""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """A test that hangs on an await shows where: a thread stack dump (faulthandler) only
+    shows the idle event loop, so the loop itself is asked to print its tasks."""
+    timer = threading.Timer(STUCK_AFTER, lambda: [loop.call_soon_threadsafe(_print_tasks, item)
+                                                  for loop in _SESSION_LOOP])
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+_SESSION_LOOP: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session", autouse=True)
+async def _session_loop() -> None:
+    """Remembers the loop the async tests run on (one per session), for `_print_tasks`."""
+    _SESSION_LOOP.append(asyncio.get_running_loop())
+
+
+def _print_tasks(item: pytest.Item) -> None:
+    out = io.StringIO()
+    tasks = asyncio.all_tasks()
+    print(f"[stuck] {item.nodeid} still runs after {STUCK_AFTER:g} s; its {len(tasks)} asyncio tasks:", file=out)
+    for task in tasks:
+        task.print_stack(limit=12, file=out)
+    capture = item.config.pluginmanager.get_plugin("capturemanager")
+    reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        return
+    with capture.global_and_fixture_disabled():  # to the terminal now, not to the test's captured output
+        reporter.write_line("")
+        for line in out.getvalue().splitlines():
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -487,8 +487,8 @@ class Services:
         KV buckets are read with direct get (`allow_direct`), and with 3 replicas a read
         may be answered by a replica that has not applied the latest write yet (about 1
         read in 100 right after the write, here). A runner that cannot read a run's
-        execution reads again, then has the run delivered again for about a minute and
-        a half before it drops it ("run of unknown execution …", see
+        execution reads again, then has the run delivered again for about two minutes
+        before it drops it ("run of unknown execution …", see
         runner.service.UNKNOWN_EXECUTION_DELIVERIES): a dropped run would stay `queued`
         for ever."""
         dropped = sorted(self.dropped_runs() & set(execution_ids))
