@@ -32,9 +32,9 @@ def _check_fields(request: ListRequest, fields: frozenset[str]) -> None:
         raise BadRequest(f"cannot sort on unknown field {request.sort.lstrip('-')!r}", {"fields": sorted(fields)})
 
 
-def _matches(row: dict[str, Any], filters: dict[str, Any]) -> bool:
+def _matches(record: msgspec.Struct, filters: dict[str, Any]) -> bool:
     for name, wanted in filters.items():
-        value = row.get(name)
+        value = _plain(getattr(record, name))
         if isinstance(wanted, list):
             if not any(_equal(value, w) for w in wanted):
                 return False
@@ -61,29 +61,35 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 def page_of(records: list[msgspec.Struct], request: ListRequest, fields: frozenset[str], default_sort: str) -> Page:
-    """Apply `request` (filter, sort, page, per_page) to records of one type."""
+    """Apply `request` (filter, sort, page, per_page) to records of one type. Only the
+    page's records are turned into plain objects (a list over 100 000 executions)."""
     _check_fields(request, fields)
-    rows = [codec.to_builtins(r) for r in records]
-    rows = [r for r in rows if _matches(r, request.filter)]
+    if request.filter:
+        records = [r for r in records if _matches(r, request.filter)]
     sort = request.sort or default_sort
     name, descending = sort.lstrip("-"), sort.startswith("-")
-    rows.sort(key=lambda r: str(r.get("id", "")))  # ties keep a stable, id order
-    present = [r for r in rows if r.get(name) is not None]
-    missing = [r for r in rows if r.get(name) is None]
+    rows = sorted(records, key=lambda r: str(getattr(r, "id", "")))  # ties keep a stable, id order
+    present = [r for r in rows if getattr(r, name) is not None]
+    missing = [r for r in rows if getattr(r, name) is None]
     try:
-        present.sort(key=lambda r: _sort_key(r.get(name)), reverse=descending)
+        present.sort(key=lambda r: _sort_key(_plain(getattr(r, name))), reverse=descending)
     except TypeError:
         raise BadRequest(f"cannot sort on {name!r}: its values are of mixed types") from None
     rows = present + missing
     total = len(rows)
     start = (request.page - 1) * request.per_page
     return Page(
-        items=rows[start : start + request.per_page],
+        items=[codec.to_builtins(r) for r in rows[start : start + request.per_page]],
         page=request.page,
         per_page=request.per_page,
         total=total,
         pages=math.ceil(total / request.per_page) if total else 0,
     )
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as it is on the wire (a nested record as a dict)."""
+    return codec.to_builtins(value) if isinstance(value, (msgspec.Struct, list, dict)) else value
 
 
 def field_names(type_: type[msgspec.Struct]) -> frozenset[str]:

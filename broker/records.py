@@ -3,9 +3,11 @@ record's `version` (optimistic concurrency)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.aio.msg import Msg
 from nats.js.errors import KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
@@ -113,24 +115,57 @@ class Records(Generic[T]):
             name=name, filter_subject=f"{prefix}{org}.{pattern}", deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
             ack_policy=AckPolicy.NONE, inactive_threshold=SCAN_IDLE_SECONDS, mem_storage=True, num_replicas=1,
         ))
-        items: list[tuple[str, T]] = []
         try:
-            remaining = info.num_pending
-            if remaining:
-                sub = await self.js.pull_subscribe_bind(consumer=name, stream=stream)
-                try:
-                    while remaining > 0:
-                        for msg in await sub.fetch(min(remaining, SCAN_BATCH), timeout=SCAN_FETCH_TIMEOUT):
-                            remaining -= 1
-                            if msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE"):
-                                continue
-                            key = msg.subject[len(prefix):]
-                            items.append((key.split(".", 1)[1], self._decode(msg.data, msg.metadata.sequence.stream)))
-                finally:
-                    await sub.unsubscribe()
+            return await self._pull_all(stream, name, info.num_pending) if info.num_pending else []
         finally:
             # Fire and forget: the reply would only cost a round trip.
             await self.js._nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"")  # noqa: SLF001
+
+    async def _pull_all(self, stream: str, consumer: str, count: int) -> list[tuple[str, T]]:
+        """The `count` messages a scan consumer holds, decoded, with their ids: pulled
+        SCAN_BATCH at a time into one callback subscription (nats-py's `fetch` spends a
+        task and a timer on every message: 140 us a record, 18 s for 100 000 executions).
+        A batch that ends short (keys removed since the consumer counted them) ends it."""
+        nc = self.js._nc  # noqa: SLF001
+        inbox = nc.new_inbox()
+        items: list[tuple[str, T]] = []
+        failure: list[BaseException] = []
+        received, wanted, ended_short = 0, 0, False
+        batch_done = asyncio.Event()
+
+        async def on_msg(msg: Msg) -> None:
+            nonlocal received, ended_short
+            status = msg.headers.get("Status") if msg.headers and not msg.data else None
+            if status is not None:
+                if status in ("404", "408"):  # no more messages now, or the request expired
+                    ended_short = True
+                else:
+                    failure.append(RuntimeError(f"reading {stream}: {status} {msg.headers.get('Description', '')}"))
+                batch_done.set()
+                return
+            received += 1
+            try:
+                if not (msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE")):
+                    key = msg.subject[len(self.prefix):]
+                    items.append((key.split(".", 1)[1], self._decode(msg.data, msg.metadata.sequence.stream)))
+            except Exception as err:  # a record that does not decode: the read fails, as a fetch's would
+                failure.append(err)
+                batch_done.set()
+            if received >= wanted:
+                batch_done.set()
+
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        try:
+            while received < count and not ended_short and not failure:
+                wanted = min(count, received + SCAN_BATCH)
+                batch_done.clear()
+                request = {"batch": wanted - received, "expires": int(SCAN_FETCH_TIMEOUT * 1e9)}
+                await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", codec.encode(request), reply=inbox)
+                await asyncio.wait_for(batch_done.wait(), SCAN_FETCH_TIMEOUT + 1)
+        finally:
+            await sub.unsubscribe()
+        if failure:
+            raise failure[0]
         return items
 
     def _encode(self, record: T) -> bytes:

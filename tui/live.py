@@ -41,6 +41,9 @@ EXECUTIONS_KEPT = 5000
 """Executions kept in memory; the oldest finished go first, then the oldest queued (running ones stay)."""
 FORGET_SLACK = 500
 """How far past EXECUTIONS_KEPT the set may grow before it is trimmed back."""
+EXECUTIONS_LOAD_TIMEOUT = 60.0
+"""Seconds the first listing of executions may take: the broker reads every live one of
+the org (about 6 s for 100 000 on 2 cores), and the table fills when it answers."""
 
 Kind = str
 """Which collection changed: "batches", "tasks", "runners" or "executions"."""
@@ -226,7 +229,8 @@ class LiveState:
 
     async def _load_executions(self) -> None:
         try:
-            page = await self.api.call("exec", "list", {"per_page": EXECUTIONS_LOADED, "sort": "-queued_at"})
+            page = await self.api.call("exec", "list", {"per_page": EXECUTIONS_LOADED, "sort": "-queued_at"},
+                                       timeout=EXECUTIONS_LOAD_TIMEOUT)
         except ApiError as err:
             log.warning("cannot list executions: %s", err.message)
             if self.on_warning is not None:
