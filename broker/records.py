@@ -20,6 +20,8 @@ T = TypeVar("T", bound=msgspec.Struct)
 SCAN_BATCH = 1000
 SCAN_FETCH_TIMEOUT = 5.0
 SCAN_IDLE_SECONDS = 5.0
+SCAN_UNANSWERED_TRIES = 40
+"""Pull requests of a scan that may find no responder (50 ms apart) before it fails."""
 
 
 class VersionConflict(Exception):
@@ -130,15 +132,17 @@ class Records(Generic[T]):
         inbox = nc.new_inbox()
         items: list[tuple[str, T]] = []
         failure: list[BaseException] = []
-        received, wanted, ended_short = 0, 0, False
+        received, wanted, ended_short, unanswered = 0, 0, False, 0
         batch_done = asyncio.Event()
 
         async def on_msg(msg: Msg) -> None:
-            nonlocal received, ended_short
+            nonlocal received, ended_short, unanswered
             status = msg.headers.get("Status") if msg.headers and not msg.data else None
             if status is not None:
                 if status in ("404", "408"):  # no more messages now, or the request expired
                     ended_short = True
+                elif status == "503" and unanswered < SCAN_UNANSWERED_TRIES:
+                    unanswered += 1  # no responders: on a cluster, a consumer just made may not listen yet
                 else:
                     failure.append(RuntimeError(f"reading {stream}: {status} {msg.headers.get('Description', '')}"))
                 batch_done.set()
@@ -157,11 +161,13 @@ class Records(Generic[T]):
         sub = await nc.subscribe(inbox, cb=on_msg)
         try:
             while received < count and not ended_short and not failure:
-                wanted = min(count, received + SCAN_BATCH)
+                wanted, tries = min(count, received + SCAN_BATCH), unanswered
                 batch_done.clear()
                 request = {"batch": wanted - received, "expires": int(SCAN_FETCH_TIMEOUT * 1e9)}
                 await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}", codec.encode(request), reply=inbox)
                 await asyncio.wait_for(batch_done.wait(), SCAN_FETCH_TIMEOUT + 1)
+                if unanswered > tries:
+                    await asyncio.sleep(0.05)  # then ask again
         finally:
             await sub.unsubscribe()
         if failure:
