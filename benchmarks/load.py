@@ -29,7 +29,8 @@ refreshed (`Screen.wait_for_refresh`). Not `Pilot.press`: it waits for the whole
 to go idle. The load is driven from another thread and the submitter is another
 process, so the lag is the dashboard's own (and the machine's).
 
-A default run takes well over 20 minutes on 2 cores; `--quick` about 1.5 minutes.
+A default run takes 13-14 minutes on 2 cores (docs/operations.md, Measured); `--quick`
+about 1.5 minutes.
 """
 
 from __future__ import annotations
