@@ -28,6 +28,7 @@ cores with three nats-servers and several Python processes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 import json
 import os
@@ -39,6 +40,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 
 from broker.client import ApiClient
-from broker.errors import Conflict, Unavailable
+from broker.errors import ApiError, Conflict, Unavailable
 from broker.server import find_binary, free_port
 from expectations import eventually
 
@@ -572,3 +574,90 @@ def processes_marked() -> Callable[[str], list[int]]:
     from processes import processes_with
 
     return lambda marker: [pid for pid, _ in processes_with(marker)]
+
+
+# ---- a load of starts ---------------------------------------------------------------------
+
+
+class StartLoad:
+    """Starts of one task kept in flight by `in_flight` requesters until `stop()`: start
+    `n` carries `{"n": n}` as its context and the idempotency key `start-{n}`; a try that
+    gets no answer (one of `retried`) is sent again with the same key, after 0.1 s, until
+    one is answered. `pause` seconds pass between a requester's starts."""
+
+    def __init__(self, client: ApiClient, task_id: str, in_flight: int, timeout: float,
+                 retried: tuple[type[ApiError], ...], pause: float = 0.0) -> None:
+        self.client, self.task_id, self.timeout, self.retried, self.pause = client, task_id, timeout, retried, pause
+        self.acked: dict[int, str] = {}
+        """Execution id of each acknowledged start."""
+        self.answered: dict[int, tuple[float, float]] = {}
+        """(sent, acknowledged) of each start's answered try, monotonic."""
+        self.tries: Counter[int] = Counter()
+        self.failures: Counter[str] = Counter()
+        """Tries that got no answer, by error code and message."""
+        self.waiting: dict[int, float] = {}
+        """Starts not answered yet: when their current try went out."""
+        self.began = time.monotonic()
+        self._numbers = itertools.count()
+        self._stopping = asyncio.Event()
+        self._load = asyncio.gather(*(self._requester() for _ in range(in_flight)))
+
+    async def _requester(self) -> None:
+        while not self._stopping.is_set():
+            n = next(self._numbers)
+            while True:
+                self.tries[n] += 1
+                sent = self.waiting[n] = time.monotonic()
+                body = {"id": self.task_id, "context": {"n": n}, "idempotency_key": f"start-{n}"}
+                try:
+                    reply = await self.client.call("task", "start", body, timeout=self.timeout)
+                except self.retried as err:
+                    self.failures[f"{err.code} {err.message[:60]}"] += 1
+                    await asyncio.sleep(0.1)
+                    continue
+                finally:
+                    del self.waiting[n]
+                self.acked[n] = reply["execution_id"]
+                self.answered[n] = (sent, time.monotonic())
+                break
+            await asyncio.sleep(self.pause)
+
+    def check(self) -> None:
+        """Fail the test with a requester's error, if one failed."""
+        if self._load.done():
+            self._load.result()
+
+    async def acknowledged_since(self, moment: float, count: int, at_least: float = 0.0) -> bool:
+        """At least `count` starts acknowledged after `moment`, and `at_least` seconds passed."""
+        self.check()
+        late = sum(1 for _, acked in self.answered.values() if acked > moment)
+        return time.monotonic() - moment >= at_least and late >= count
+
+    @property
+    def retried_starts(self) -> set[int]:
+        return {n for n, count in self.tries.items() if count > 1}
+
+    async def stop(self) -> float:
+        """Let every start in flight be answered; the seconds since the load began."""
+        self._stopping.set()
+        await asyncio.wait_for(self._load, 120)
+        return time.monotonic() - self.began
+
+    async def final_executions(self, services: Services) -> list[dict[str, Any]]:
+        """Every live execution of the org, once each acknowledged start's is final (a
+        run a runner dropped as unknown fails the test at once)."""
+        async def acked_final() -> list[dict[str, Any]] | None:
+            items = await executions(self.client)
+            by_id = {e["id"]: e for e in items}
+            pending = [i for i in self.acked.values() if by_id.get(i, {}).get("status") in (None, "queued", "running")]
+            if pending and all(by_id.get(i, {}).get("status") == "queued" for i in pending):
+                services.fail_if_dropped(pending)
+            return items if not pending else None
+
+        return await eventually(acked_final, 120, 0.2, "every acknowledged start's run final")
+
+
+@pytest.fixture
+def start_load() -> Callable[..., StartLoad]:
+    """`start_load(client, task_id, in_flight, timeout, retried, pause)`: see StartLoad."""
+    return StartLoad

@@ -21,10 +21,9 @@ nobody was told about.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import pytest
 
@@ -41,7 +40,7 @@ HELD_FOR = 1.0
 
 
 async def test_every_start_has_exactly_one_execution_when_a_broker_dies(
-    cluster, services, client_on, make_task, wait_for, list_executions, figures
+    cluster, services, client_on, make_task, wait_for, start_load, figures
 ):
     nats_1, nats_2, _ = cluster.nodes
     b1 = await services.broker("b1", url=nats_1.url)
@@ -49,73 +48,28 @@ async def test_every_start_has_exactly_one_execution_when_a_broker_dies(
     client = await client_on(nats_1)
     task = await make_task(client, {"name": "noop", "module": "noop"})
 
-    acked: dict[int, str] = {}
-    acked_at: dict[int, float] = {}
-    tries: Counter[int] = Counter()
-    sent_at: dict[int, float] = {}  # requests not answered yet: when the current try went out
-    failures: Counter[str] = Counter()
-    numbers = itertools.count()
-    stop_load = asyncio.Event()
-
-    async def requester() -> None:
-        while not stop_load.is_set():
-            n = next(numbers)
-            while True:
-                tries[n] += 1
-                sent_at[n] = time.monotonic()
-                try:
-                    reply = await client.call("task", "start", {"id": task["id"], "context": {"n": n},
-                                                                "idempotency_key": f"start-{n}"},
-                                              timeout=REQUEST_TIMEOUT)
-                except (Timeout, Unavailable) as err:  # the broker holding it died, or none answers yet
-                    failures[f"{err.code} {err.message[:50]}"] += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                finally:
-                    del sent_at[n]
-                acked[n] = reply["execution_id"]
-                acked_at[n] = time.monotonic()
-                break
-
-    async def acknowledged_since(moment: float, count: int) -> bool:
-        if load.done():
-            load.result()  # a requester failed: say why
-        return sum(1 for t in acked_at.values() if t > moment) >= count
-
-    began = time.monotonic()
-    load = asyncio.gather(*(requester() for _ in range(IN_FLIGHT)))
-    await wait_for(lambda: acknowledged_since(began, PHASE_STARTS), 120, 0.02, f"{PHASE_STARTS} starts")
+    # Timeout: the broker holding it died; Unavailable: none answers yet.
+    load = start_load(client, task["id"], IN_FLIGHT, REQUEST_TIMEOUT, (Timeout, Unavailable))
+    await wait_for(lambda: load.acknowledged_since(load.began, PHASE_STARTS), 120, 0.02, f"{PHASE_STARTS} starts")
     b1.process.send_signal(signal.SIGSTOP)
 
     async def held_by_b1() -> bool:
-        if load.done():
-            load.result()
-        return any(time.monotonic() - t > HELD_FOR for t in list(sent_at.values()))
+        load.check()
+        return any(time.monotonic() - t > HELD_FOR for t in list(load.waiting.values()))
 
     await wait_for(held_by_b1, 30, 0.05, "a start request waiting on the frozen broker b1")
     b1.kill()
     killed = time.monotonic()
-    await wait_for(lambda: acknowledged_since(killed, PHASE_STARTS), 120, 0.05,
+    await wait_for(lambda: load.acknowledged_since(killed, PHASE_STARTS), 120, 0.05,
                    f"{PHASE_STARTS} starts acknowledged after the kill")
-    stop_load.set()
-    await asyncio.wait_for(load, 120)
-    elapsed = time.monotonic() - began
-
-    async def acked_final() -> list[dict] | None:
-        items = await list_executions(client)
-        by_id = {e["id"]: e for e in items}
-        pending = [i for i in acked.values() if by_id.get(i, {}).get("status") in (None, "queued", "running")]
-        if pending and all(by_id.get(i, {}).get("status") == "queued" for i in pending):
-            services.fail_if_dropped(pending)
-        return items if not pending else None
-
-    items = await wait_for(acked_final, 120, 0.2, "every acknowledged start's run final")
+    elapsed = await load.stop()
+    items = await load.final_executions(services)
 
     # In: the starts, each acknowledged in the end. Out: one execution per start, the
     # acknowledged one, run once and succeeded; no other.
-    starts = len(acked)
+    starts = len(load.acked)
     by_id = {e["id"]: e for e in items}
-    for n, execution_id in acked.items():
+    for n, execution_id in load.acked.items():
         execution = by_id[execution_id]
         assert execution["context"] == {"n": n}, execution
         assert (execution["status"], execution["attempt"]) == ("succeeded", 1), execution
@@ -123,11 +77,11 @@ async def test_every_start_has_exactly_one_execution_when_a_broker_dies(
     for execution in items:
         per_start[execution["context"]["n"]].append(execution["id"])
     assert {n: ids for n, ids in per_start.items() if len(ids) != 1} == {}, "a start with more than one execution"
-    assert set(per_start) == set(acked) and len(items) == starts
-    retried = {n for n, count in tries.items() if count > 1}
+    assert set(per_start) == set(load.acked) and len(items) == starts
+    retried = load.retried_starts
     assert retried, "no request was in flight at the killed broker"  # held_by_b1 saw one: it must be sent again
-    answered = max(acked_at[n] for n in retried) - killed
+    answered = max(load.answered[n][1] for n in retried) - killed
     figures.add(f"{starts} starts, {IN_FLIGHT} in flight, in {elapsed:.1f} s; the broker serving them killed "
                 f"after {PHASE_STARTS}: {len(retried)} requests it held got no answer and were sent again with "
-                f"their idempotency keys ({dict(failures)}), all answered by the other broker within "
+                f"their idempotency keys ({dict(load.failures)}), all answered by the other broker within "
                 f"{answered:.1f} s of the kill; {starts} executions for {starts} starts, each succeeded once")

@@ -23,7 +23,6 @@ execution names, `bd.{org}.ctl.runner.{id}.holds`, and leaves it to that runner)
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from collections import Counter
 
@@ -43,7 +42,7 @@ COMPARED = ("BD_RUNS", "BD_EVENTS", "KV_bd_execs")
 
 
 async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
-    cluster, services, client_on, make_task, wait_for, list_executions, figures
+    cluster, services, client_on, make_task, wait_for, start_load, figures
 ):
     await services.broker()
     await asyncio.gather(services.runner("r1", ack_wait=5), services.runner("r2", ack_wait=5))
@@ -55,65 +54,22 @@ async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
     others = [node for node in cluster.nodes if node is not victim]
     client = await client_on(*others)
     task = await make_task(client, {"name": "noop", "module": "noop"})
-    acked: dict[int, str] = {}
-    acked_at: list[tuple[float, float]] = []  # (sent, acknowledged)
-    tries: Counter[int] = Counter()
-    refusals: Counter[str] = Counter()
-    numbers = itertools.count()
-    stop_load = asyncio.Event()
-
-    async def requester() -> None:
-        while not stop_load.is_set():
-            n = next(numbers)
-            while True:
-                tries[n] += 1
-                sent = time.monotonic()
-                try:
-                    reply = await client.call("task", "start", {"id": task["id"], "context": {"n": n},
-                                                                "idempotency_key": f"start-{n}"},
-                                              timeout=REQUEST_TIMEOUT)
-                except (Timeout, Unavailable, InternalError) as err:
-                    # Unavailable: a JetStream write failed while a leader moved (503, try
-                    # again); InternalError kept for a broker of before that change.
-                    refusals[f"{err.code} {err.message[:60]}"] += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                acked[n] = reply["execution_id"]
-                acked_at.append((sent, time.monotonic()))
-                break
-            await asyncio.sleep(PAUSE)
-
-    async def acknowledged_since(moment: float, count: int, at_least: float = 0.0) -> bool:
-        if load.done():
-            load.result()  # a requester failed: say why
-        return time.monotonic() - moment >= at_least and sum(1 for _, t in acked_at if t > moment) >= count
-
-    began = time.monotonic()
-    load = asyncio.gather(*(requester() for _ in range(IN_FLIGHT)))
-    await wait_for(lambda: acknowledged_since(began, PHASE_STARTS), 120, 0.05, "the warm-up starts")
+    # Unavailable: a JetStream write failed while a leader moved (503, try again);
+    # InternalError kept for a broker of before that change.
+    load = start_load(client, task["id"], IN_FLIGHT, REQUEST_TIMEOUT, (Timeout, Unavailable, InternalError), PAUSE)
+    await wait_for(lambda: load.acknowledged_since(load.began, PHASE_STARTS), 120, 0.05, "the warm-up starts")
     await asyncio.to_thread(cluster.stop_node, victim)
     stopped = time.monotonic()
-    await wait_for(lambda: acknowledged_since(stopped, PHASE_STARTS, MIN_DOWN_SECONDS), 120, 0.05,
+    await wait_for(lambda: load.acknowledged_since(stopped, PHASE_STARTS, MIN_DOWN_SECONDS), 120, 0.05,
                    f"{PHASE_STARTS} starts acknowledged with {victim.name} down")
     await asyncio.to_thread(cluster.start_node, victim)
     restarted = time.monotonic()
-    await wait_for(lambda: acknowledged_since(restarted, PHASE_STARTS), 120, 0.05,
+    await wait_for(lambda: load.acknowledged_since(restarted, PHASE_STARTS), 120, 0.05,
                    f"{PHASE_STARTS} starts acknowledged after {victim.name} is back")
-    stop_load.set()
-    await asyncio.wait_for(load, 120)
-    elapsed = time.monotonic() - began
-    acked_while_down = sum(1 for _, t in acked_at if stopped < t <= restarted)
-    resumed = min(t for sent, t in acked_at if sent > stopped) - stopped
-
-    async def acked_final() -> list[dict] | None:
-        items = await list_executions(client)
-        by_id = {e["id"]: e for e in items}
-        pending = [i for i in acked.values() if by_id.get(i, {}).get("status") in (None, "queued", "running")]
-        if pending and all(by_id.get(i, {}).get("status") == "queued" for i in pending):
-            services.fail_if_dropped(pending)
-        return items if not pending else None
-
-    items = await wait_for(acked_final, 120, 0.2, "every acknowledged start's run final")
+    elapsed = await load.stop()
+    acked_while_down = sum(1 for _, t in load.answered.values() if stopped < t <= restarted)
+    resumed = min(t for sent, t in load.answered.values() if sent > stopped) - stopped
+    items = await load.final_executions(services)
 
     async def caught_up() -> dict | None:
         if not victim.healthy():
@@ -131,24 +87,24 @@ async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
 
     # In: every acknowledged start. Out: its execution, final, once; nothing else but
     # what a request that was sent again left behind.
-    starts = len(acked)
+    starts = len(load.acked)
     by_id = {e["id"]: e for e in items}
-    retried = {n for n, count in tries.items() if count > 1}
-    extras = [e for e in items if e["id"] not in set(acked.values())]
-    outcomes = Counter(by_id[i]["status"] for i in acked.values() if i in by_id)
-    attempts = Counter(by_id[i]["attempt"] for i in acked.values() if i in by_id)
+    retried = load.retried_starts
+    extras = [e for e in items if e["id"] not in set(load.acked.values())]
+    outcomes = Counter(by_id[i]["status"] for i in load.acked.values() if i in by_id)
+    attempts = Counter(by_id[i]["attempt"] for i in load.acked.values() if i in by_id)
     figures.add(f"{starts} starts (no-op runs, 2 runners, {IN_FLIGHT} requests in flight) in {elapsed:.1f} s; "
                 f"{victim.name} (BD_RUNS leader) stopped for {restarted - stopped:.1f} s: the first start sent "
                 f"after the stop was acknowledged {resumed:.2f} s after it, {acked_while_down} acknowledged while "
                 f"it was down; outcomes {dict(outcomes)}, attempts {dict(sorted(attempts.items()))}; "
-                f"{len(retried)} requests sent again ({dict(refusals)}), {len(extras)} executions nobody was told "
+                f"{len(retried)} requests sent again ({dict(load.failures)}), {len(extras)} executions nobody was told "
                 f"about ({dict(Counter(e['status'] for e in extras))}); the restarted node held the leaders' last "
                 f"sequences {last_seqs} {catch_up:.1f} s after its start")
-    assert len(set(acked.values())) == starts
-    assert set(acked.values()) <= set(by_id), "an acknowledged start has no execution"
+    assert len(set(load.acked.values())) == starts
+    assert set(load.acked.values()) <= set(by_id), "an acknowledged start has no execution"
     assert extras == [], "an execution nobody was told about"
-    for n, execution_id in acked.items():
+    for n, execution_id in load.acked.items():
         assert by_id[execution_id]["context"] == {"n": n}, by_id[execution_id]
-    dropped = [by_id[i] for i in acked.values() if by_id[i]["status"] != "succeeded"]
+    dropped = [by_id[i] for i in load.acked.values() if by_id[i]["status"] != "succeeded"]
     assert not dropped, [(e["id"], e["status"], e["runner_id"], e["error"]) for e in dropped]
     assert set(attempts) == {1}, attempts
