@@ -15,18 +15,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointStats, Service
 
 from broker import __version__, codec, subjects
+from broker.streams import JETSTREAM_UNAVAILABLE
 from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
 from broker.errors import ApiError, BadRequest, InternalError, Unavailable
 
-JETSTREAM_UNAVAILABLE = (NatsTimeout, asyncio.TimeoutError, NoStreamResponseError, ServiceUnavailableError)
-"""What a handler's JetStream call raises while the stream's leader is being elected."""
 
 log = logging.getLogger("batchdeck.api")
 

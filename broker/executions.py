@@ -31,7 +31,6 @@ from broker import codec, ids, stream_tail, streams, subjects
 from broker.buckets import Buckets
 from broker.client import reply_error
 from broker.definitions import Definitions
-from broker.endpoints import JETSTREAM_UNAVAILABLE
 from broker.errors import Conflict, NotFound, Unavailable
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
@@ -295,7 +294,7 @@ class Executions:
             try:
                 await self.js.publish(subject, data, headers=headers, timeout=ENQUEUE_TRY_TIMEOUT)
                 return
-            except JETSTREAM_UNAVAILABLE as err:
+            except streams.JETSTREAM_UNAVAILABLE as err:
                 if pause is None:
                     raise
                 log.warning("run of %s not enqueued yet (%r); trying again in %g s", execution.id, err, pause)

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import APIError, BadRequestError, BucketNotFoundError, NotFoundError, ServiceUnavailableError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import (APIError, BadRequestError, BucketNotFoundError, NoStreamResponseError, NotFoundError,
+                            ServiceUnavailableError)
 
 from broker import subjects
 
@@ -39,6 +42,11 @@ DEFAULT_EVENTS_MAX_AGE = 7 * DAY
 TRIGGER_DEDUP_WINDOW = 10 * 60.0
 """Long enough for a scheduler replica that restarts to re-publish a tick it already sent."""
 
+
+JETSTREAM_UNAVAILABLE = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, NoStreamResponseError,
+                         ServiceUnavailableError)
+"""What a JetStream call raises while a stream's leader is elected or a server restarts
+(no responder: the stream's leader is gone and the next one not yet there)."""
 
 @dataclass(frozen=True)
 class BucketSpec:

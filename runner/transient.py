@@ -8,17 +8,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from broker.streams import JETSTREAM_UNAVAILABLE
 
 log = logging.getLogger("batchdeck.runner")
 
 T = TypeVar("T")
 
-TRANSIENT_KV_ERRORS = (NatsTimeout, asyncio.TimeoutError, NoRespondersError, NoStreamResponseError,
-                       ServiceUnavailableError)
-"""What a KV read or write raises while JetStream elects a leader or a server restarts."""
 RETRY_LIMIT = 30.0
 """A call is tried again with doubling pauses while the next pause is at most this
 (about a minute in all); then its error is raised."""
@@ -32,7 +27,7 @@ async def through_leader_changes(what: str, call: Callable[[], Awaitable[T]]) ->
     while True:
         try:
             return await call()
-        except TRANSIENT_KV_ERRORS as err:
+        except JETSTREAM_UNAVAILABLE as err:
             if pause > RETRY_LIMIT:
                 raise
             log.warning("%s: %r; retrying", what, err)

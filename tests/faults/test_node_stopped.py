@@ -28,7 +28,7 @@ from collections import Counter
 
 import pytest
 
-from broker.errors import InternalError, Timeout, Unavailable
+from broker.errors import Timeout, Unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -54,9 +54,8 @@ async def test_dispatch_goes_on_while_a_node_is_down_and_the_node_catches_up(
     others = [node for node in cluster.nodes if node is not victim]
     client = await client_on(*others)
     task = await make_task(client, {"name": "noop", "module": "noop"})
-    # Unavailable: a JetStream write failed while a leader moved (503, try again);
-    # InternalError kept for a broker of before that change.
-    load = start_load(client, task["id"], IN_FLIGHT, REQUEST_TIMEOUT, (Timeout, Unavailable, InternalError), PAUSE)
+    # Unavailable: a JetStream call found no leader while one moved (503, try again).
+    load = start_load(client, task["id"], IN_FLIGHT, REQUEST_TIMEOUT, (Timeout, Unavailable), PAUSE)
     await wait_for(lambda: load.acknowledged_since(load.began, PHASE_STARTS), 120, 0.05, "the warm-up starts")
     await asyncio.to_thread(cluster.stop_node, victim)
     stopped = time.monotonic()
