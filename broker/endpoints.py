@@ -5,6 +5,9 @@ A subscription runs its callbacks one at a time, so each request gets a task of 
 own (at most MAX_IN_FLIGHT at once; more wait in the subscription): a slow request
 does not hold up the rest. Errors become micro error replies; whatever a handler
 raises, the service keeps serving.
+
+A request is answered only on an inbox of its org (`subjects.is_inbox_reply`); one whose
+reply subject names anything else is dropped unread, counted and logged.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from broker import __version__, codec, subjects
 from broker.streams import JETSTREAM_UNAVAILABLE
 from broker.client import ERROR_CODE_HEADER, ERROR_HEADER
 from broker.errors import ApiError, BadRequest, InternalError, Unavailable
+from broker.refusals import Refusals
 
 
 log = logging.getLogger("batchdeck.api")
@@ -40,6 +44,8 @@ class Endpoints:
         self.service: Service | None = None
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refusals = Refusals(log)
+        """Requests dropped unanswered (kind `reply_not_inbox`)."""
 
     async def start(self, name: str, description: str, handlers: dict[tuple[str, str], Handler],
                     stats_handler: Callable[[EndpointStats], Any] | None = None) -> None:
@@ -61,6 +67,12 @@ class Endpoints:
 
     def _wrap(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
         async def on_request(request: Request) -> None:
+            org = subjects.org_of(request.subject)
+            reply = request._msg.reply or ""  # noqa: SLF001 - nats-py (pinned) keeps the message private
+            if not subjects.is_inbox_reply(org, reply):
+                self.refusals.refuse("reply_not_inbox", "%s: dropped a request whose reply subject %r is not an "
+                                     "inbox of org %s", request.subject, reply[:200], org)
+                return
             await self._slots.acquire()
             task = asyncio.create_task(self._serve(handler, request))
             self._tasks.add(task)

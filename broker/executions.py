@@ -3,10 +3,12 @@ reading live state, cancelling.
 
 A start writes the Execution (status `queued`) to KV `bd_execs`, enqueues a RunCommand
 with snapshots of the task definitions on `bd.{org}.run.{pool}` (BD_RUNS, de-duplicated
-by `Nats-Msg-Id: {execution_id}.{attempt}`) and publishes the state event. A trigger's
-execution id is derived from the trigger id, so a redelivered trigger finds the
-execution it already made instead of making a second one; a start with an
-`idempotency_key` derives its execution (or trigger) id from the key the same way.
+by `Nats-Msg-Id: {org}.{execution_id}.{attempt}`) and publishes the state event. A
+trigger's execution id is derived from its org and trigger id, so a redelivered trigger
+finds the execution it already made instead of making a second one, and no org can take
+another's id by publishing a trigger with that org's (predictable) tick id; a start with
+an `idempotency_key` derives its execution (or trigger) id from org, definition and key
+the same way.
 
 A start that finds its execution already written, still `queued` and written within
 BD_RUNS' de-duplication window, publishes the run again: when the first try died between
@@ -144,7 +146,7 @@ class Executions:
         again returns the same execution. Only a `manual` start (batch.start) runs a
         disabled batch. The batch's `concurrency` policy decides what happens while an
         earlier run is active."""
-        execution_id = ids.derived_id(trigger.trigger_id, "exec")
+        execution_id = ids.derived_id(trigger.trigger_id, f"exec:{org}")
         if (existing := await self._started_before(org, execution_id)) is not None:
             return existing, False
         batch = await self.definitions.load_batch(org, trigger.batch_id)
@@ -289,7 +291,7 @@ class Executions:
         again within BD_RUNS' de-duplication window (same execution and attempt) is
         dropped by the stream."""
         subject, data = subjects.run(execution.org, execution.pool), codec.encode(command)
-        headers = {"Nats-Msg-Id": f"{execution.id}.{execution.attempt}"}
+        headers = {"Nats-Msg-Id": run_msg_id(execution)}
         for pause in (*ENQUEUE_PAUSES, None):
             try:
                 await self.js.publish(subject, data, headers=headers, timeout=ENQUEUE_TRY_TIMEOUT)
@@ -446,6 +448,11 @@ class Executions:
         if reply_error(reply) is not None:
             return None
         return [row[0] for row in codec.decode(reply.data, dict[str, Any]).get("rows", [])]
+
+
+def run_msg_id(execution: Execution) -> str:
+    """The de-duplication key of a run on BD_RUNS: org, execution and attempt."""
+    return f"{execution.org}.{execution.id}.{execution.attempt}"
 
 
 def _may_be_unenqueued(execution: Execution) -> bool:

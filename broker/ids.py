@@ -29,8 +29,10 @@ def derived_id(source_id: str, salt: str) -> str:
     """A ULID-shaped id that is a pure function of another id.
 
     It keeps the time prefix of `source_id` when that is a ULID, so derived ids still
-    sort by time; the rest (all of it for other ids) comes from a hash. Used to make one trigger produce exactly
-    one execution, however often the trigger message is redelivered.
+    sort by time; the rest (all of it for other ids) comes from a hash of `salt` and
+    `source_id`. Used to make one trigger produce exactly one execution, however often the
+    trigger message is redelivered; the salt names the org, so two orgs' equal trigger ids
+    derive different executions.
     """
     digest = hashlib.sha256(f"{salt}:{source_id}".encode()).digest()
     head = source_id[:10].upper() if _is_ulid(source_id) else _base32(int.from_bytes(digest[10:16], "big"), 10)

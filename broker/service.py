@@ -20,9 +20,10 @@ from broker import codec, streams, subjects
 from broker.buckets import open_buckets
 from broker.definitions import Definitions
 from broker.endpoints import Endpoints, Handler
-from broker.errors import ApiError, BadRequest, InternalError, Unavailable
+from broker.errors import ApiError, BadRequest, Forbidden, InternalError, Unavailable
 from broker.executions import Executions
 from broker.metrics import Metrics
+from broker.refusals import Refusals
 from broker.tasks import cancel_and_wait
 from broker.types import Trigger
 
@@ -53,6 +54,7 @@ class ControlPlane:
         self._trigger_loop: asyncio.Task[None] | None = None
         self._trigger_sub: Any = None
         self.counters = TriggerCounters()
+        self.refusals = Refusals(log)
         self.metrics = self._metrics()
 
     def _metrics(self) -> Metrics:
@@ -64,6 +66,10 @@ class ControlPlane:
         metrics.counter("triggers_retried", "trigger deliveries left to be redelivered", lambda: counted.retried)
         metrics.counter("executions_started", "executions queued by task.start, batch.start or a trigger",
                         lambda: counted.executions)
+        metrics.counter("requests_refused", "API requests dropped unanswered: their reply subject was not an inbox "
+                        "of their org", self.api.refusals.total)
+        metrics.counter("triggers_refused_org", "triggers whose body named another org than their subject",
+                        lambda: self.refusals.count("trigger_org"))
         metrics.connection(self.nc)
         return metrics
 
@@ -163,6 +169,10 @@ class ControlPlane:
         org = subjects.org_of(msg.subject)
         try:
             trigger = codec.decode_request(msg.data, Trigger)
+            if trigger.org is not None and trigger.org != org:
+                self.refusals.refuse("trigger_org", "trigger on %s names org %r: refused", msg.subject, trigger.org)
+                raise Forbidden(f"the trigger names org {trigger.org!r} but was published on {msg.subject}: "
+                                "a trigger's org is its subject's")
             if trigger.batch_id != msg.subject.rsplit(".", 1)[-1]:
                 raise BadRequest(f"trigger for batch {trigger.batch_id!r} published on {msg.subject}")
             execution, created = await self.executions.run_trigger(org, trigger)

@@ -71,7 +71,7 @@ BUCKETS = (
 
 
 RUNS_DEDUP_WINDOW = 120.0
-"""Seconds BD_RUNS remembers a run's `Nats-Msg-Id` ({execution_id}.{attempt})."""
+"""Seconds BD_RUNS remembers a run's `Nats-Msg-Id` ({org}.{execution_id}.{attempt})."""
 
 
 def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE) -> list[StreamConfig]:

@@ -81,6 +81,35 @@ TRIGGERS_SUBJECTS = [f"{PREFIX}.*.trigger.*"]
 EVENTS_SUBJECTS = [f"{PREFIX}.*.evt.>"]
 
 
+# ---- who may be answered --------------------------------------------------------------
+
+SERVICE_INBOX_PREFIX = "_INBOX"
+"""nats' default reply prefix: what the services (and clients of an open server) use."""
+ROUTED_REPLY_PREFIX = "_R_"
+"""The server's name for a reply subject of a request that came from another account:
+the answer goes back to that account only (deploy/nats: one account per org)."""
+
+
+def org_inbox_prefix(org: str) -> str:
+    """`_INBOX_{org}`: the reply prefix of an org's users (each role below it,
+    `_INBOX_acme.viewer`), the only inboxes they may subscribe to."""
+    return f"_INBOX_{org}"
+
+
+def is_inbox_reply(org: str, reply: str) -> bool:
+    """Whether a service may publish its answer to a request of `org` on `reply`.
+
+    Only an inbox: `_INBOX_{org}.…` (the org's own), `_INBOX.…` (another service, or a
+    client of an open server) or `_R_.…` (a request routed from an org's account). A
+    reply subject is chosen by whoever sends the request, and a service publishes with
+    its own rights: answering `$KV.bd_tasks.{other org}.{id}`, a trigger subject or a
+    runner's cancel subject would turn a read into a write there."""
+    head, dot, rest = reply.partition(".")
+    if not dot or not rest or "*" in reply or ">" in reply or " " in reply:
+        return False
+    return head in (SERVICE_INBOX_PREFIX, ROUTED_REPLY_PREFIX, org_inbox_prefix(org))
+
+
 def kv_key(org: str, object_id: str) -> str:
     """The key of a definition or execution in its KV bucket."""
     return f"{org}.{object_id}"

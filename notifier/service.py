@@ -28,6 +28,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from broker import codec, ids, streams, subjects
 from broker.buckets import open_buckets
 from broker.metrics import Metrics
+from broker.refusals import Refusals
 from broker.timestamps import now_iso, seconds_since
 from broker.types import Execution, LogLine, Notification
 from notifier import email, log_tail, webhook
@@ -98,6 +99,7 @@ class NotifierService:
         self.settings = settings
         self.id = name or ids.instance_id()
         self.counters = Counters()
+        self.refusals = Refusals(log)
         self.metrics = self._metrics()
         self._fetching = False
         self._task: asyncio.Task[None] | None = None
@@ -118,6 +120,8 @@ class NotifierService:
                         "error)", lambda: counted.failed)
         metrics.counter("notification_attempts", "attempts to deliver (an email sent or a webhook posted)",
                         lambda: counted.attempts)
+        metrics.counter("notifier_events_refused", "state events whose body named another org or execution than "
+                        "their subject (not reported)", self.refusals.total)
         metrics.gauge("notifier_events_in_progress", "events whose deliveries are under way",
                       lambda: len(self._handling))
         metrics.connection(self.nc)
@@ -216,6 +220,14 @@ class NotifierService:
             execution = codec.decode(msg.data, Execution)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("state event on %s is not an Execution (%s); skipped", msg.subject, err)
+            await msg.ack()
+            return
+        org, execution_id = _subject_parts(msg.subject)
+        if execution.org != org or execution.id != execution_id:
+            # A runner writes the body of its org's events: the org (whose rules, webhook
+            # secret and SMTP apply) is the subject's, never the body's.
+            self.refusals.refuse("org", "state event on %s names org %r and execution %r: not reported",
+                                 msg.subject, execution.org, execution.id)
             await msg.ack()
             return
         if not execution.is_final:
@@ -357,6 +369,12 @@ async def _keep_alive(msg: Any) -> None:
             await msg.in_progress()
         except Exception:  # noqa: BLE001 - the event comes back later; the claims keep it single
             return
+
+
+def _subject_parts(subject: str) -> tuple[str, str]:
+    """(org, execution id) of `bd.{org}.evt.exec.{id}.state`."""
+    tokens = subject.split(".")
+    return (tokens[1], tokens[4]) if len(tokens) == 6 else ("", "")
 
 
 def _age(moment: str | None) -> float:

@@ -5,7 +5,8 @@ last line stored). They go through a bounded queue to one flusher that pipelines
 publishes in chunks and awaits their acks together, so a chatty task costs few round
 trips; when the queue is full, `log()` waits, the pipe fills and the task's writes
 block: memory stays bounded and no line is dropped. Every log message carries
-`Nats-Msg-Id: {execution_id}.log.{idx}`, so a retried publish is never stored twice.
+`Nats-Msg-Id: {org}.{execution_id}.log.{idx}`, so a retried publish is never stored twice
+(and no other org's line with the same execution id and idx can pre-empt it).
 State events wait for the lines before them, so a reader never sees `succeeded`
 before the last line.
 """
@@ -134,7 +135,7 @@ class EventStream:
         while pending:
             futures = []
             for line in pending:
-                headers = {**(self.headers or {}), "Nats-Msg-Id": f"{self.execution_id}.log.{line.idx}"}
+                headers = {**(self.headers or {}), "Nats-Msg-Id": f"{self.org}.{self.execution_id}.log.{line.idx}"}
                 futures.append(await self.js.publish_async(subject, codec.encode(line), headers=headers))
             results = await asyncio.gather(*futures, return_exceptions=True)
             pending = [line for line, result in zip(pending, results, strict=True) if isinstance(result, BaseException)]

@@ -32,6 +32,7 @@ from nats.js.errors import BadRequestError, NotFoundError
 from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
 from broker.metrics import Metrics
+from broker.refusals import Refusals
 from broker.timestamps import now_iso
 from broker.types import Execution, RunCommand, Runner
 from runner.events import EventStream
@@ -116,6 +117,7 @@ class RunnerService:
         self._runs: set[asyncio.Task[None]] = set()
         self._control_subs: list[Any] = []
         self.counters = RunCounters()
+        self.refusals = Refusals(log)
         self.metrics = self._metrics()
 
     def _metrics(self) -> Metrics:
@@ -128,6 +130,8 @@ class RunnerService:
         metrics.counter("runs_handed_back", "runs handed back to the queue at shutdown", lambda: counted.handed_back)
         metrics.gauge("runs_running", "runs held now", lambda: len(self.active))
         metrics.counter("log_lines_published", "log lines of runs published to BD_EVENTS", lambda: counted.log_lines)
+        metrics.counter("messages_refused", "run commands of another org and control requests without an inbox "
+                        "to answer on, dropped", self.refusals.total)
         metrics.connection(self.nc)
         return metrics
 
@@ -291,6 +295,13 @@ class RunnerService:
             log.error("unreadable run command on %s: %s", msg.subject, err)
             await msg.term()
             return
+        if command.org != self.org or subjects.org_of(msg.subject) != self.org:
+            # Only this org's consumer feeds this runner; a command naming another org is
+            # nothing it may run (its events would go to that org's subjects).
+            self.refusals.refuse("run_org", "run command on %s names org %r; this runner serves %s: dropped",
+                                 msg.subject, command.org, self.org)
+            await msg.term()
+            return
         if command.execution_id in self.active:
             # Redelivered to the runner that runs it (its claim renewal came late): the
             # run goes on here and acks when it ends; this copy is left alone.
@@ -391,8 +402,20 @@ class RunnerService:
 
     # ---- cancel ------------------------------------------------------------------
 
+    def _answerable(self, msg: Msg, subject: str) -> bool:
+        """A control request on this runner's own subject with an inbox to answer on;
+        anything else (a push-delivered copy, a reply subject naming a KV key or another
+        org's subject) is dropped and counted."""
+        if not subjects.is_inbox_reply(self.org, msg.reply or ""):
+            self.refusals.refuse("reply_not_inbox", "%s: dropped a request whose reply subject %r is not an inbox "
+                                 "of org %s", msg.subject, (msg.reply or "")[:200], self.org)
+            return False
+        return msg.subject == subject
+
     async def _on_cancel(self, msg: Msg) -> None:
         execution_id = msg.subject.split(".")[-2]
+        if not self._answerable(msg, subjects.exec_cancel(self.org, execution_id)):
+            return
         run = self.active.get(execution_id)
         if run is None:
             return  # not ours: the runner holding it answers
@@ -430,14 +453,15 @@ class RunnerService:
             return False
 
     async def _on_holds(self, msg: Msg) -> None:
+        if not self._answerable(msg, subjects.runner_holds(self.org, self.id)):
+            return
         try:
             execution_id = str(codec.decode(msg.data)["execution_id"])
         except Exception:
             return  # not a question this runner can answer
         run = self.active.get(execution_id)
-        if msg.reply:
-            await msg.respond(codec.encode({"runner_id": self.id, "execution_id": execution_id, "held": run is not None,
-                                            "attempt": run.execution.attempt if run is not None else None}))
+        await msg.respond(codec.encode({"runner_id": self.id, "execution_id": execution_id, "held": run is not None,
+                                        "attempt": run.execution.attempt if run is not None else None}))
 
     # ---- registry ----------------------------------------------------------------
 

@@ -11,6 +11,11 @@ The read is the costly half: the messages arrive as raw bytes (`store.raw_inbox`
 stream sequence is read from the ack subject of the first and last message of a batch
 only, and the log lines of a batch, most of its events, are decoded in one msgspec
 call; the org and execution of lines come from their subjects, kept as runs.
+
+The org of every row is its subject's: a runner of one org may publish only on its org's
+subjects, but it writes the body. An event whose body names another org (or, for an
+execution's events, another execution) than its subject is not stored: it is counted
+(`events_refused`) and logged.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from broker import streams, subjects
+from broker.refusals import Refusals
 from broker.timestamps import parse_iso
 from broker.types import DefinitionEvent, Execution, LogLine, Notification
 from store.history import Batch, History
@@ -76,6 +82,7 @@ class Ingest:
         """Events up to here expired before the store read them: they count as no lag."""
         self._behind_since: float | None = None
         self.puller: Puller | None = None
+        self.refusals = Refusals(log)
 
     @property
     def lag_events(self) -> int:
@@ -185,30 +192,55 @@ class Ingest:
             if route[1] == "exec" and route[3] == "log":
                 lines.add(route, message[DATA])  # decoded together below: most events are log lines
             else:
-                org, kind, _, what = route
-                self._add(batch, message[SUBJECT].decode(errors="replace"), org, kind, what, message[DATA])
-        batch.events += lines.into(batch.logs)
+                self._add(batch, message[SUBJECT].decode(errors="replace"), route, message[DATA])
+        batch.events += lines.into(batch.logs, self.refusals)
         batch.last_seq = last
         self.stream_last_seq = max(self.stream_last_seq, last + _pending_after(messages[-1]))
         self._note_lag()
         return batch
 
-    def _add(self, batch: Batch, subject: str, org: str, kind: str, what: str | None, data: bytes) -> None:
+    def _add(self, batch: Batch, subject: str, route: tuple[str, str, str | None, str | None], data: bytes) -> None:
+        org, kind, execution_id, what = route
         try:
             if kind == "exec" and what == "state":
-                batch.add_execution(org, msgspec.to_builtins(_decode_state(data)))
+                execution = _decode_state(data)
+                if not self._subjects_own(subject, org, execution.org, execution_id, execution.id):
+                    return
+                batch.add_execution(org, msgspec.to_builtins(execution))
             elif kind == "trigger":
-                batch.triggers.append(_trigger_row(org, _decode_object(data)))
+                trigger = _decode_object(data)
+                if not self._subjects_own(subject, org, trigger.get("org") or org):
+                    return
+                batch.triggers.append(_trigger_row(org, trigger))
             elif kind == "def":
-                batch.definitions.append({**msgspec.structs.asdict(_decode_definition(data)), "org": org})
+                definition = _decode_definition(data)
+                if not self._subjects_own(subject, org, definition.org):
+                    return
+                batch.definitions.append({**msgspec.structs.asdict(definition), "org": org})
             elif kind == "notify":
-                batch.add_notification(org, _notification_row(_decode_notification(data)))
+                notification = _decode_notification(data)
+                if not self._subjects_own(subject, org, notification.org):
+                    return
+                batch.add_notification(org, _notification_row(notification))
             else:
                 return  # progress events are kept on the execution's state (progress_percent/text)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
             log.warning("event on %s is not what it should be (%s); not stored", subject, err)
             return
         batch.events += 1
+
+    def _subjects_own(self, subject: str, org: str, body_org: Any, execution_id: str | None = None,
+                      body_execution_id: str | None = None) -> bool:
+        """Whether the body names the subject's org (and execution); else refused and counted."""
+        if body_org != org:
+            self.refusals.refuse("org", "event on %s names org %r: not stored (an event's org is its subject's)",
+                                 subject, body_org)
+            return False
+        if execution_id is not None and body_execution_id != execution_id:
+            self.refusals.refuse("execution", "event on %s names execution %r: not stored", subject,
+                                 body_execution_id)
+            return False
+        return True
 
 
 async def _next_batch(puller: Puller, writing: asyncio.Task[None] | None) -> list[RawMessage]:
@@ -278,7 +310,7 @@ class _Lines:
             self.routes.append(route)
             self.counts.append(1)
 
-    def into(self, logs: dict[str, list[Any]]) -> int:
+    def into(self, logs: dict[str, list[Any]], refusals: Refusals) -> int:
         if not self.bodies:
             return 0
         try:
@@ -290,6 +322,11 @@ class _Lines:
         for (org, _, execution_id, _), count in zip(self.routes, self.counts, strict=True):
             orgs += [org] * count
             executions += [execution_id] * count
+        for i, line in enumerate(lines):
+            if line is not None and line.execution_id is not None and line.execution_id != executions[i]:
+                refusals.refuse("execution", "a log line of execution %r on the subject of %s: not stored",
+                                line.execution_id, executions[i])
+                lines[i] = None
         if None in lines:
             kept = [i for i, line in enumerate(lines) if line is not None]
             orgs, executions, lines = [orgs[i] for i in kept], [executions[i] for i in kept], [lines[i] for i in kept]

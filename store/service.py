@@ -80,6 +80,10 @@ class StoreService:
                       "minus the committed one, as of the last batch read)", lambda: ingest.lag_events)
         metrics.gauge("ingest_lag_seconds", "seconds since the store noticed it was behind BD_EVENTS; 0 while "
                       "caught up", ingest.lag_seconds)
+        metrics.counter("requests_refused", "history API requests dropped unanswered: their reply subject was not "
+                        "an inbox of their org", self.api.refusals.total)
+        metrics.counter("events_refused", "events not stored: their body named another org or execution than "
+                        "their subject", ingest.refusals.total)
         metrics.connection(self.nc)
         return metrics
 
