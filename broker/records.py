@@ -4,6 +4,7 @@ record's `version` (optimistic concurrency)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Generic, TypeVar
 
 import msgspec
@@ -13,8 +14,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from broker import codec, ids
+from broker.refusals import Refusals
 from broker.subjects import kv_key
 
+log = logging.getLogger("batchdeck.records")
 T = TypeVar("T", bound=msgspec.Struct)
 
 SCAN_BATCH = 1000
@@ -40,6 +43,8 @@ class Records(Generic[T]):
         self.leader_on_miss = leader_on_miss
         self.stream = f"KV_{kv._name}"  # noqa: SLF001 - nats-py keeps the bucket name private
         self.prefix = f"$KV.{kv._name}."  # noqa: SLF001
+        self.unreadable = Refusals(log)
+        """Records a scan skipped because they do not decode as `T`."""
 
     def _decode(self, value: bytes, revision: int) -> T:
         return self._versioned(codec.decode(value, self.type), revision)
@@ -148,13 +153,15 @@ class Records(Generic[T]):
                 batch_done.set()
                 return
             received += 1
-            try:
-                if not (msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE")):
-                    key = msg.subject[len(self.prefix):]
+            if not (msg.headers and msg.headers.get("KV-Operation") in ("DEL", "PURGE")):
+                key = msg.subject[len(self.prefix):]
+                try:
                     items.append((key.split(".", 1)[1], self._decode(msg.data, msg.metadata.sequence.stream)))
-            except Exception as err:  # a record that does not decode: the read fails, as a fetch's would
-                failure.append(err)
-                batch_done.set()
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    # One bad record (a runner of the org wrote junk into its own key) must
+                    # not make the whole list fail: it is left out, and said.
+                    self.unreadable.refuse("record", "%s: record %s does not read as %s (%s); left out", self.stream,
+                                           key, self.type.__name__, err)
             if received >= wanted:
                 batch_done.set()
 

@@ -120,13 +120,16 @@ def structured_to_cron(schedule: dict[str, list[int]]) -> str:
 
 def next_times(expression: str, tz_name: str, after: datetime, count: int = 1) -> list[datetime]:
     """The next `count` fire times strictly after `after`, as aware UTC datetimes; fewer
-    when the schedule stops firing (a year field in the past: croniter gives up)."""
+    when the schedule stops firing (a year field in the past: croniter gives up) or its
+    next time is past the year 9999 (`0 0 29 2 1#5` fires every few decades)."""
     times = fire_times(expression, tz_name, after)
     found: list[datetime] = []
     try:
         while len(found) < count:
             found.append(next(times))
-    except CroniterBadDateError:
+    except ScheduleError:
+        raise
+    except (CroniterBadDateError, ValueError, OverflowError):  # ValueError/OverflowError: "year 10000 is out of range"
         pass
     return found
 

@@ -57,6 +57,32 @@ def _check_object_size(name: str, value: dict[str, Any] | None) -> None:
         raise ValueError(f"`{name}` is larger than {MAX_OBJECT_BYTES} bytes once encoded")
 
 
+def _nul_at(value: Any, path: str) -> str | None:
+    """The path of the first string in `value` (keys included) holding a NUL byte."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_at(key, path) or _nul_at(item, f"{path}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_at(item, f"{path}[{index}]")
+            if found:
+                return found
+    return None
+
+
+def _check_no_nul(name: str, value: Any) -> None:
+    """Values that reach a process (arguments, environment, templates) may not hold NUL:
+    no argv element or environment variable can carry one."""
+    found = _nul_at(value, name)
+    if found:
+        raise ValueError(f"`{found}` contains a NUL byte (\\u0000), which no process argument or environment "
+                         "variable can carry")
+
+
 # ---- tasks --------------------------------------------------------------------------
 
 
@@ -134,6 +160,8 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
             if self.shell:
                 raise ValueError("`shell` applies to command tasks only")
         _check_object_size("params", self.params)
+        for name, value in (("command", self.command), ("env", self.env), ("cwd", self.cwd), ("params", self.params)):
+            _check_no_nul(name, value)
 
 
 class Task(TaskSpec, kw_only=True):
@@ -195,6 +223,7 @@ class Action(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_object_size("params", self.params)
+        _check_no_nul("params", self.params)
 
 
 class BatchSpec(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -374,6 +403,7 @@ class Trigger(Struct, kw_only=True):
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
+        _check_no_nul("context", self.context)
         _check_time("scheduled_at", self.scheduled_at)
         _check_time("fired_at", self.fired_at)
 
@@ -519,6 +549,8 @@ class TaskStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
         _check_object_size("params", self.params)
+        _check_no_nul("context", self.context)
+        _check_no_nul("params", self.params)
         _check_time("deadline", self.deadline)
 
 
@@ -543,6 +575,7 @@ class BatchStartRequest(Struct, kw_only=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         _check_object_size("context", self.context)
+        _check_no_nul("context", self.context)
         _check_time("deadline", self.deadline)
 
 

@@ -47,6 +47,9 @@ async def run_process(
         return ProcessResult(None, "failed_to_start", f"cannot start {argv[0]!r}: {missing!r} not found ({err.strerror})")
     except (PermissionError, NotADirectoryError, OSError) as err:
         return ProcessResult(None, "failed_to_start", f"cannot start {argv[0]!r}: {err}")
+    except ValueError as err:  # "embedded null byte": an argument or a variable no process can take
+        return ProcessResult(None, "failed_to_start", f"cannot start {argv[0]!r}: {err} in an argument, the "
+                                                      "environment or the working directory")
 
     readers = asyncio.gather(_pump(process.stdout, "stdout", sink), _pump(process.stderr, "stderr", sink))
     waiter = asyncio.ensure_future(process.wait())

@@ -44,6 +44,10 @@ def command_argv(command: list[str], values: dict[str, Any], shell: bool) -> lis
     """The argv to execute: each argument rendered alone; with `shell`, one `sh -c` script
     whose substituted values are quoted."""
     rendered = [render(arg, values, quote=shell) for arg in command]
+    for position, argument in enumerate(rendered):
+        if "\x00" in argument:
+            raise TemplateError(f"argument {position} ({command[position]!r}) renders with a NUL byte (\\u0000), "
+                                "which no process argument can carry")
     if shell:
         return ["/bin/sh", "-c", " ".join(rendered)]
     return rendered

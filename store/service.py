@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import duckdb
+import msgspec
 from msgspec import Meta, Struct
 from nats.aio.client import Client
 
@@ -216,7 +217,13 @@ class StoreService:
                 async for entry in watcher:
                     if entry is None or not entry.value:
                         continue
-                    runner = codec.decode(entry.value, Runner)
+                    try:
+                        runner = codec.decode(entry.value, Runner)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                        # A runner writes its own key: a bad heartbeat is skipped, not a
+                        # reason to watch everything again (that looped on one bad key).
+                        log.warning("runner registry: %s is not a heartbeat (%s); skipped", entry.key, err)
+                        continue
                     org = entry.key.split(".", 1)[0]
                     key, now = (org, runner.id), asyncio.get_running_loop().time()
                     known = written.get(key)

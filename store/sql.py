@@ -3,13 +3,19 @@
 Layers, each enough on its own for what it guards:
 1. DuckDB's own parser: exactly one statement, of type SELECT (a WITH query is one).
 2. DuckDB's own syntax tree (`json_serialize_sql`): every table the query reads is a
-   documented table or view, or one of its own CTEs; no schema or catalog prefix
-   (`bd_history.logs`, `information_schema.tables`); no table function (`read_csv`,
-   `read_parquet`, `duckdb_settings()`, ...).
-3. The query runs on a connection of its own whose plain table names are views that
+   documented table or view, or a CTE *in scope where it is named* (a CTE is visible in
+   the query after it and in later CTEs, in its own body only when it is recursive:
+   `WITH duckdb_tables AS (SELECT * FROM duckdb_tables)` reads the catalog in its body);
+   no schema or catalog prefix (`bd_history.logs`, `information_schema.tables`); no
+   table function (`read_csv`, `duckdb_settings()`, ...); no function that describes the
+   database rather than the rows (`current_setting`, `stats`, `pg_*`, `duckdb_*`, ...:
+   `stats(col)` shows a column's minimum and maximum over every org).
+3. What DuckDB binds (`EXPLAIN`): every table the plan scans is one of the history's,
+   and no table function runs (a system macro can expand into one).
+4. The query runs on a connection of its own whose plain table names are views that
    hold only the caller's org rows; the database was opened with external access off,
    so no file, network or extension can be reached whatever a function does.
-4. A row limit and a time limit, each with a clear error.
+5. A row limit and a time limit, each with a clear error.
 """
 
 from __future__ import annotations
@@ -54,18 +60,25 @@ def check(sql: str, conn: duckdb.DuckDBPyConnection) -> None:
     _walk(tree, frozenset())
 
 
+REFUSED_FUNCTIONS = frozenset({
+    "stats", "current_setting", "getvariable", "current_database", "current_catalog", "current_schema",
+    "current_schemas", "current_query", "current_query_id", "current_connection_id", "current_transaction_id",
+    "txid_current", "in_search_path", "nextval", "currval", "version", "col_description", "obj_description",
+    "shobj_description", "format_pg_type", "format_type", "which_secret", "current_user", "session_user", "user",
+})
+"""Functions that describe the database, its settings or its statistics rather than rows."""
+REFUSED_FUNCTION_PREFIXES = ("duckdb_", "pg_", "pragma_", "has_", "sqlite_", "icu_")
+
+
 def _walk(node: Any, ctes: frozenset[str]) -> None:
-    """Check every table reference, with the CTE names visible where it stands (a CTE
-    name counts only inside the query that defines it)."""
+    """Check every table reference and function call, with the CTE names in scope where
+    it stands."""
     if isinstance(node, list):
         for value in node:
             _walk(value, ctes)
         return
     if not isinstance(node, dict):
         return
-    cte_map = node.get("cte_map")
-    if isinstance(cte_map, dict) and cte_map.get("map"):
-        ctes = ctes | {entry["key"].lower() for entry in cte_map["map"]}
     kind = node.get("type")
     if kind == "BASE_TABLE":
         _check_table(node, ctes)
@@ -74,8 +87,66 @@ def _walk(node: Any, ctes: frozenset[str]) -> None:
         raise Refused(f"table functions such as {name}() are not allowed; query the tables of docs/sql.md")
     elif kind == "SHOW_REF":
         raise Refused("SHOW and DESCRIBE are not allowed; the tables and their columns are in docs/sql.md")
-    for value in node.values():
-        _walk(value, ctes)
+    elif node.get("class") == "FUNCTION" and not node.get("is_operator"):
+        _check_function(node)
+    cte_map = node.get("cte_map")
+    if isinstance(cte_map, dict) and cte_map.get("map"):
+        # Each CTE's body sees the CTEs before it (and itself only as a recursive CTE's
+        # recursive term); the rest of the node sees them all.
+        for entry in cte_map["map"]:
+            name = entry["key"].lower()
+            _walk_cte_body((entry.get("value") or {}).get("query_node"), name, ctes)
+            ctes = ctes | {name}
+    for key, value in node.items():
+        if key != "cte_map":
+            _walk(value, ctes)
+
+
+def _walk_cte_body(body: Any, name: str, ctes: frozenset[str]) -> None:
+    if isinstance(body, dict) and body.get("type") == "RECURSIVE_CTE_NODE" and body.get("cte_name", "").lower() == name:
+        for key, value in body.items():  # the anchor (left) cannot name the CTE; the recursive term can
+            _walk(value, ctes | {name} if key == "right" else ctes)
+        return
+    _walk(body, ctes)
+
+
+def _check_function(call: dict[str, Any]) -> None:
+    name = str(call.get("function_name", "")).lower()
+    qualified = [p for p in (call.get("catalog"), call.get("schema")) if p]
+    if qualified:
+        raise Refused(f"write plain function names: {'.'.join([*qualified, name])}() is not allowed")
+    if name in REFUSED_FUNCTIONS or name.startswith(REFUSED_FUNCTION_PREFIXES):
+        raise Refused(f"{name}() describes the database, not its rows, and is not allowed")
+
+
+def check_plan(conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any]) -> None:
+    """Refuse a statement whose bound plan scans anything but the history's tables, or
+    runs a table function (what a system macro could expand into)."""
+    try:
+        rows = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchall()
+    except duckdb.Error as err:
+        raise Refused(_first_line(err)) from None
+    for _, plan in rows:
+        for operator in _operators(json.loads(plan)):
+            info = operator.get("extra_info") or {}
+            table = str(info.get("Table", "")) if isinstance(info, dict) else ""
+            function = str(info.get("Function", "")) if isinstance(info, dict) else ""
+            if table and table.split(".")[-2:-1] != ["bd_history"]:
+                raise Refused(f"the query reads {table}, which is not a table of docs/sql.md")
+            if function and function not in PLAN_FUNCTIONS:
+                raise Refused(f"the query runs {function.lower()}(), which is not allowed; query the tables of "
+                              "docs/sql.md")
+
+
+PLAN_FUNCTIONS = frozenset({"SEQ_SCAN", "UNNEST", "UNNEST_FUNCTION"})
+"""Plan operators that name a function and are allowed: a table's scan, and unnest in a select list."""
+
+
+def _operators(nodes: Any) -> Any:
+    for node in nodes if isinstance(nodes, list) else [nodes]:
+        if isinstance(node, dict):
+            yield node
+            yield from _operators(node.get("children") or [])
 
 
 def _check_table(table: dict[str, Any], ctes: frozenset[str]) -> None:
@@ -94,6 +165,7 @@ def run(cursor: duckdb.DuckDBPyConnection, org: str, sql: str, params: list[Any]
     caller). Returns {columns, rows}; raises Refused."""
     check(sql, cursor)
     schema.open_session(cursor, org)
+    check_plan(cursor, sql, params or [])
     timer = threading.Timer(timeout, cursor.interrupt)
     timer.start()
     try:

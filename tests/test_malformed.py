@@ -281,13 +281,25 @@ async def test_non_object_and_broken_bodies_are_400(broker, nc, org, body):
 
 
 async def test_hostile_strings_are_stored_verbatim_not_interpreted(broker, nc, org):
-    argv = ["echo", "{{ x }}", "$(rm -rf /)", "a\nb", "a\x00b", "\u202e😀"]
+    argv = ["echo", "{{ x }}", "$(rm -rf /)", "a\nb", "\u202e😀"]
     task = await call_ok(nc, org, "task", "create", {"name": "$(id)\n{{ y }}", "command": argv,
                                                      "params": {"x": "`id`"}})
     got = await call_ok(nc, org, "task", "get", {"id": task["id"]})
     assert got["command"] == argv
     assert got["name"] == "$(id)\n{{ y }}"
     assert got["params"] == {"x": "`id`"}
+
+
+@pytest.mark.parametrize(("verb", "body", "where"), [
+    ("create", {"name": "nul", "command": ["echo", "a\x00b"]}, "command[1]"),
+    ("create", {"name": "nul", "command": ["echo"], "env": {"A": "\x00"}}, "env.A"),
+    ("create", {"name": "nul", "command": ["echo"], "params": {"x": ["ok", "\x00"]}}, "params.x[1]"),
+    ("start", {"id": "seed-task", "context": {"x": {"y": "a\x00"}}}, "context.x.y"),
+])
+async def test_a_nul_byte_no_process_can_take_is_a_clear_client_error(broker, nc, org, seeded, verb, body, where):
+    msg = await send(nc, org, "task", verb, json.dumps(body).encode())
+    assert check_reply("task", verb, json.dumps(body).encode(), msg) == "400"
+    assert f"`{where}` contains a NUL byte" in json.loads(msg.data)["error"]["message"]
 
 
 @pytest.mark.parametrize("depth", [2_000, 20_000])
