@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from broker.subjects import is_valid_org
+from notifier.destinations import WebhookPolicy
 from notifier.email import SmtpSettings
 from notifier.service import NotifierSettings
 
@@ -16,6 +17,8 @@ ENV_SMTP_URL = "BATCHDECK_SMTP_URL"
 ENV_SMTP_FROM = "BATCHDECK_SMTP_FROM"
 ENV_WEBHOOK_SECRET = "BATCHDECK_WEBHOOK_SECRET"
 """`SECRET` or `ORG=SECRET`, several separated by commas."""
+ENV_WEBHOOK_ALLOW = "BATCHDECK_WEBHOOK_ALLOW"
+"""Host names, addresses or CIDR networks webhooks may go to besides public addresses, comma separated."""
 
 
 def add_flags(parser: argparse.ArgumentParser, *, tuning: bool) -> None:
@@ -31,6 +34,10 @@ def add_flags(parser: argparse.ArgumentParser, *, tuning: bool) -> None:
     group.add_argument("--webhook-secret", action="append", default=None, metavar="[ORG=]SECRET",
                        help="HMAC-SHA256 key signing webhook bodies, for one org or (without ORG=) every org; "
                             f"repeat per org (env {ENV_WEBHOOK_SECRET}, comma separated)")
+    group.add_argument("--webhook-allow", action="append", default=None, metavar="HOST|CIDR",
+                       help="also post webhooks to this host name or network; by default only public addresses "
+                            "are (no loopback, private, link-local or metadata address); repeat "
+                            f"(env {ENV_WEBHOOK_ALLOW}, comma separated)")
     if not tuning:
         return
     group.add_argument("--max-attempts", type=int, default=5, metavar="N",
@@ -57,7 +64,9 @@ def settings(args: argparse.Namespace) -> NotifierSettings:
     if url := _smtp_url(args):
         ca_file = str(args.smtp_ca_file) if args.smtp_ca_file else None
         smtp = SmtpSettings.from_url(url, args.smtp_from or os.environ.get(ENV_SMTP_FROM), ca_file=ca_file)
-    result = NotifierSettings(smtp=smtp, webhook_secrets=parse_secrets(_secret_entries(args)))
+    allow = args.webhook_allow or [e for e in os.environ.get(ENV_WEBHOOK_ALLOW, "").split(",") if e.strip()]
+    result = NotifierSettings(smtp=smtp, webhook_secrets=parse_secrets(_secret_entries(args)),
+                              webhook_policy=WebhookPolicy.parse(allow))
     if hasattr(args, "max_attempts"):
         if args.max_attempts < 1:
             raise ValueError("--max-attempts must be at least 1")

@@ -33,6 +33,7 @@ from broker.timestamps import now_iso, seconds_since
 from broker.types import Execution, LogLine, Notification
 from notifier import email, log_tail, webhook
 from notifier.claims import Claim, ClaimLost, Claims, delivery_key
+from notifier.destinations import WebhookPolicy
 from notifier.errors import DeliveryError
 from notifier.rules import Recipient, Rules
 
@@ -54,6 +55,8 @@ class NotifierSettings:
     smtp: email.SmtpSettings | None = None
     webhook_secrets: dict[str, bytes] = field(default_factory=dict)
     """Per org; the key `*` is every other org's."""
+    webhook_policy: WebhookPolicy = field(default_factory=WebhookPolicy)
+    """Where webhooks may go besides public addresses (`--webhook-allow`)."""
     max_attempts: int = 5
     retry_backoff: float = 2.0
     """Seconds before the second attempt; doubled before each next one (at most 5 minutes)."""
@@ -331,7 +334,7 @@ class NotifierService:
                                 permanent=True)
         await webhook.post(record.target, codec.encode(execution), secret=secret,
                            delivery_id=delivery_key(record), event=f"execution.{execution.status}",
-                           timeout=self.settings.webhook_timeout)
+                           timeout=self.settings.webhook_timeout, policy=self.settings.webhook_policy)
 
     async def _publish(self, record: Notification, traced: bool) -> None:
         subject = subjects.notify_event(record.org, record.execution_id)

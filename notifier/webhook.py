@@ -5,6 +5,11 @@ A receiver gets the body with three headers: `X-Batchdeck-Signature-256`
 `X-Batchdeck-Delivery` (the same on every resend of one delivery, so it can drop
 repeats) and `X-Batchdeck-Event` (`execution.{status}`). Any 2xx means taken; redirects
 are not followed (a moved receiver should be configured under its new URL).
+
+Where a webhook may go is `notifier.destinations`' call. What a failed delivery records
+is the receiver's status or the class of the error, never what the receiver said: the
+record is readable through SQL by the org's admin, who chose the URL, and an answer's
+body would make the notifier a way to read any port it can reach.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import functools
 import hashlib
 import hmac
 import http.client
-import re
+import socket
 import ssl
 import time
 from datetime import datetime, timezone
@@ -22,14 +27,13 @@ from email.utils import parsedate_to_datetime
 from importlib import metadata
 from urllib.parse import SplitResult, urlsplit
 
+from notifier.destinations import WebhookPolicy
 from notifier.errors import DeliveryError
 
 SIGNATURE_HEADER = "X-Batchdeck-Signature-256"
 DELIVERY_HEADER = "X-Batchdeck-Delivery"
 EVENT_HEADER = "X-Batchdeck-Event"
 
-MAX_REPLY_BYTES = 64 * 1024
-"""The most of a reply's body that is read."""
 MAX_RETRY_AFTER = 300.0
 """Seconds: a longer Retry-After is cut to this."""
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
@@ -55,10 +59,10 @@ def verify(secret: bytes, body: bytes, signature: str) -> bool:
 
 
 async def post(url: str, body: bytes, *, secret: bytes, delivery_id: str, event: str,
-               timeout: float = 10.0) -> int:
+               timeout: float = 10.0, policy: WebhookPolicy = WebhookPolicy()) -> int:
     """POST the JSON `body`, signed with `secret`, to `url`; the 2xx status on success.
     `timeout`: seconds the whole exchange may take. DeliveryError otherwise, `permanent`
-    for a 3xx or a 4xx other than 408, 425 and 429."""
+    for a 3xx or a 4xx other than 408, 425 and 429, and for an address `policy` refuses."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": _user_agent(),
@@ -66,10 +70,10 @@ async def post(url: str, body: bytes, *, secret: bytes, delivery_id: str, event:
         DELIVERY_HEADER: delivery_id,
         EVENT_HEADER: event,
     }
-    return await asyncio.to_thread(_post_blocking, url, body, headers, timeout)
+    return await asyncio.to_thread(_post_blocking, url, body, headers, timeout, policy)
 
 
-def _post_blocking(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int:
+def _post_blocking(url: str, body: bytes, headers: dict[str, str], timeout: float, policy: WebhookPolicy) -> int:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise DeliveryError(f"webhook URL {url!r} is not an http(s) URL with a host", permanent=True)
@@ -79,7 +83,9 @@ def _post_blocking(url: str, body: bytes, headers: dict[str, str], timeout: floa
     # The record holds the whole URL; messages name only its origin, as a path may hold a token.
     receiver = f"webhook {parts.scheme}://{parts.netloc}"
     deadline = time.monotonic() + timeout
-    connection = _connection(parts.scheme, parts.hostname, _port(parts, receiver), timeout)
+    port = _port(parts, receiver) or (443 if parts.scheme == "https" else 80)
+    address = policy.resolve(parts.hostname, port, receiver)
+    connection = _connection(parts.scheme, parts.hostname, port, address, timeout)
     try:
         connection.connect()
         _cut_to(connection, deadline)
@@ -88,8 +94,7 @@ def _post_blocking(url: str, body: bytes, headers: dict[str, str], timeout: floa
         response = connection.getresponse()
         if 200 <= response.status < 300:
             return response.status
-        _cut_to(connection, deadline)
-        raise _refusal(receiver, response, _start_of_reply(response))
+        raise _refusal(receiver, response)
     except DeliveryError:
         raise
     except ssl.SSLCertVerificationError as err:
@@ -97,16 +102,28 @@ def _post_blocking(url: str, body: bytes, headers: dict[str, str], timeout: floa
         raise DeliveryError(f"{receiver}: TLS certificate not trusted: {err.verify_message}", permanent=True) from err
     except TimeoutError as err:
         raise DeliveryError(f"{receiver} did not answer within {timeout:g}s", permanent=False) from err
-    except (OSError, http.client.HTTPException) as err:  # refused, reset, DNS, a garbled reply
+    except http.client.HTTPException as err:  # a garbled reply: say so, never what it was (see above)
+        raise DeliveryError(f"{receiver} did not answer in HTTP ({type(err).__name__})", permanent=False) from err
+    except OSError as err:  # refused, reset, unreachable
         raise DeliveryError(f"cannot reach {receiver}: {_reason(err)}", permanent=False) from err
     finally:
         connection.close()
 
 
-def _connection(scheme: str, host: str, port: int | None, timeout: float) -> http.client.HTTPConnection:
+def _connection(scheme: str, host: str, port: int, address: str, timeout: float) -> http.client.HTTPConnection:
+    """A connection to `address` that names `host` (Host header, TLS server name and
+    certificate check)."""
     if scheme == "https":
-        return http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl.create_default_context())
-    return http.client.HTTPConnection(host, port, timeout=timeout)
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, port, timeout=timeout, context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+
+    def to_checked_address(target: tuple[str, int], *args: object, **kwargs: object) -> socket.socket:
+        return socket.create_connection((address, target[1]), *args, **kwargs)  # type: ignore[arg-type]
+
+    connection._create_connection = to_checked_address  # type: ignore[attr-defined]  # noqa: SLF001
+    return connection
 
 
 def _port(parts: SplitResult, receiver: str) -> int | None:
@@ -129,26 +146,15 @@ def _cut_to(connection: http.client.HTTPConnection, deadline: float) -> None:
         connection.sock.settimeout(left)
 
 
-def _start_of_reply(response: http.client.HTTPResponse) -> str:
-    try:
-        data = response.read(MAX_REPLY_BYTES)
-    except (OSError, http.client.HTTPException):
-        return ""  # the status says enough
-    text = data.decode("utf-8", "replace")
-    return re.sub(r"\s+", " ", "".join(c if c.isprintable() else " " for c in text)).strip()[:200]
-
-
-def _refusal(receiver: str, response: http.client.HTTPResponse, reply: str) -> DeliveryError:
-    answered = f"{receiver} answered {response.status} {response.reason}".rstrip()
-    said = f": {reply}" if reply else ""
+def _refusal(receiver: str, response: http.client.HTTPResponse) -> DeliveryError:
+    """The status, never the reason phrase or the body (both are the receiver's text)."""
+    answered = f"{receiver} answered {response.status}"
     if 300 <= response.status < 400:
-        location = response.getheader("Location", "(no Location)")
-        return DeliveryError(f"{answered}, a redirect to {location} (not followed: configure the new URL){said}",
+        return DeliveryError(f"{answered}, a redirect (not followed: configure the receiver's new URL)",
                              permanent=True)
     if response.status in RETRYABLE_STATUSES or 500 <= response.status < 600:
-        return DeliveryError(answered + said, permanent=False,
-                             retry_after=retry_after(response.getheader("Retry-After")))
-    return DeliveryError(answered + said, permanent=True)
+        return DeliveryError(answered, permanent=False, retry_after=retry_after(response.getheader("Retry-After")))
+    return DeliveryError(answered, permanent=True)
 
 
 def retry_after(value: str | None) -> float | None:

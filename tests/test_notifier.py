@@ -33,7 +33,11 @@ from broker.types import Execution, Notification
 from notifier import webhook
 from notifier.claims import delivery_key, target_key
 from notifier.email import SmtpSettings
+from notifier.destinations import WebhookPolicy
 from notifier.service import NotifierService, NotifierSettings
+
+LOOPBACK = WebhookPolicy.parse(["127.0.0.1"])
+"""The test receivers listen on loopback, which webhooks may not reach by default."""
 from store.service import StoreService
 
 SECRET = b"test-webhook-secret-0123456789"
@@ -138,7 +142,7 @@ class Notifiers:
     def settings(self, **overrides: Any) -> NotifierSettings:
         smtp = SmtpSettings.from_url(f"smtp://127.0.0.1:{self.inbox_port}", "batchdeck@example.com") \
             if self.inbox_port else None
-        base = dict(smtp=smtp, webhook_secrets={self.org: SECRET}, max_attempts=3, retry_backoff=0.05,
+        base = dict(smtp=smtp, webhook_secrets={self.org: SECRET}, webhook_policy=LOOPBACK, max_attempts=3, retry_backoff=0.05,
                     webhook_timeout=2.0, org=self.org, lease=30.0)
         return NotifierSettings(**{**base, **overrides})
 
@@ -413,7 +417,8 @@ def test_up_with_smtp_and_a_webhook_secret_tells_of_a_failing_batch_once_and_sql
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
     up = _start_up(tmp_path / "data", port, "--runners", "1", "--smtp-url", f"smtp://127.0.0.1:{inbox.port}",
-                   "--smtp-from", "batchdeck@example.com", "--webhook-secret", SECRET.decode())
+                   "--smtp-from", "batchdeck@example.com", "--webhook-secret", SECRET.decode(),
+                   "--webhook-allow", "127.0.0.1")
     try:
         assert _wait_for_api(up, url).returncode == 0
         steps = (("task", "create", "--name", "export", "--id", "export", "--", "sh", "-c", "echo exporting; exit 4"),

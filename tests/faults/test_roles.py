@@ -32,6 +32,7 @@ from broker.connect import ConnectOptions, Denial, connect, denials_of
 from broker.errors import ApiError, Forbidden
 from broker.server import find_binary, free_port
 from broker.service import ControlPlane
+from notifier.destinations import WebhookPolicy
 from notifier.service import NotifierService, NotifierSettings
 from runner.service import RunnerService
 from scheduler.service import SchedulerService
@@ -137,7 +138,8 @@ async def stack(auth_server: AuthServer, tmp_path_factory: pytest.TempPathFactor
         stack.scheduler = SchedulerService(await service_connection("bd-scheduler"))
         await stack.scheduler.start()
         stack.notifier = NotifierService(await service_connection("bd-notifier"),
-                                         NotifierSettings(webhook_secrets={"*": secrets.token_bytes(32)}))
+                                         NotifierSettings(webhook_secrets={"*": secrets.token_bytes(32)},
+                                                          webhook_policy=WebhookPolicy.parse(["127.0.0.1"])))
         await stack.notifier.start()
         yield stack
     finally:
