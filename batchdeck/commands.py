@@ -81,6 +81,10 @@ def _add_task_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=["command", "module"])
     parser.add_argument("--module", help="the handler of a module task")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="a parameter (JSON value or text); repeat")
+    parser.add_argument("--overridable", action="append", metavar="NAME[:TYPE]",
+                        help="a param a start may set (`task start --param`), of TYPE string (default), integer, "
+                             "number, boolean, object, array or any; repeat. Starts may set no other param; "
+                             "choices and patterns go in a -f file")
     parser.add_argument("--env", action="append", metavar="KEY=VALUE", help="an environment variable; repeat")
     parser.add_argument("--cwd")
     parser.add_argument("--pool")
@@ -100,11 +104,23 @@ def _task_fields(args: argparse.Namespace) -> dict[str, Any]:
                     "retry_backoff_sec", "shell", "cancellable", "trace", "owner")
     if args.param:
         fields["params"] = _pairs(args.param, "--param")
+    if args.overridable:
+        fields["overridable"] = [_overridable(item) for item in args.overridable]
     if args.env:
         fields["env"] = _pairs(args.env, "--env", parse=False)
     if args.command:
         fields["command"] = args.command
     return {**fields, **_notify_fields(args)}
+
+
+PARAM_TYPES = ("string", "integer", "number", "boolean", "object", "array", "any")
+
+
+def _overridable(item: str) -> dict[str, str]:
+    name, _, kind = item.partition(":")
+    if kind and kind not in PARAM_TYPES:
+        raise SystemExit(_usage(f"--overridable {item!r}: the type is one of {', '.join(PARAM_TYPES)}"))
+    return {"name": name, "type": kind or "string"}
 
 
 def _add_batch_flags(parser: argparse.ArgumentParser) -> None:

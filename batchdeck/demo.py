@@ -18,6 +18,7 @@ TASKS: list[dict[str, Any]] = [
         "description": "echo a greeting with the run's context",
         "command": ["echo", "hello from batchdeck, {{ who }}"],
         "params": {"who": "operator"},
+        "overridable": [{"name": "who", "description": "whom to greet"}],
     },
     {
         "id": "demo-count",

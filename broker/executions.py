@@ -29,7 +29,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
-from broker import codec, ids, stream_tail, streams, subjects
+from broker import codec, ids, overrides, stream_tail, streams, subjects
 from broker.buckets import Buckets
 from broker.client import reply_error
 from broker.definitions import Definitions
@@ -101,7 +101,9 @@ class Executions:
         if key is not None and (done := await self._started_before(org, execution_id)) is not None:
             return {"execution_id": done.id, "duplicate": True}
         task = await self.definitions.load_task(org, request.id)
-        snapshot = msgspec.structs.replace(task, params={**task.params, **request.params}, state={})
+        params = overrides.start_params(task, request.params)
+        snapshot = msgspec.structs.replace(task, params={**task.params, **params}, state={})
+        overrides.check_program(snapshot)
         execution = Execution(
             id=execution_id,
             org=org,
@@ -157,6 +159,8 @@ class Executions:
             msgspec.structs.replace(task, params={**task.params, **action.params}, state={})
             for task, action in zip(tasks, batch.actions, strict=True)
         ]
+        for snapshot in snapshots:
+            overrides.check_program(snapshot)
         execution = Execution(
             id=execution_id,
             org=org,

@@ -6,16 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker.types import ModuleParam
-
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "object": (dict,),
-    "array": (list,),
-}
+from broker.types import ModuleParam, VALUE_TYPES as _TYPES
 
 
 def validate_params(schema: list[ModuleParam], params: dict[str, Any]) -> dict[str, Any]:

@@ -85,6 +85,78 @@ def _check_no_nul(name: str, value: Any) -> None:
 
 # ---- tasks --------------------------------------------------------------------------
 
+TEMPLATE_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+"""`{{ name }}` in a command argument: filled from the run's params and context (runner.templates)."""
+
+ParamType = Literal["string", "integer", "number", "boolean", "object", "array", "any"]
+VALUE_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "integer": (int,),
+    "number": (int, float),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
+}
+"""The Python types of a JSON value of each param type ("any" takes every value)."""
+
+
+def type_problem(value: Any, kind: str) -> str | None:
+    """Why `value` is not of param type `kind` (None when it is). A boolean is no number."""
+    expected = VALUE_TYPES.get(kind)
+    if expected is None:
+        return None
+    if not isinstance(value, expected) or (kind != "boolean" and isinstance(value, bool)):
+        return f"must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {_json_type(value)}"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    for name, types in (("boolean", (bool,)), ("integer", (int,)), ("number", (float,)), ("string", (str,)),
+                        ("object", (dict,)), ("array", (list,))):
+        if isinstance(value, types):
+            return name
+    return "null" if value is None else type(value).__name__
+
+
+class StartParam(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A param a start may set (as Rundeck's job options): only these, of this type.
+    The admin who defines the task decides; an operator who starts it fills them in."""
+
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    type: ParamType = "string"
+    description: Description = ""
+    choices: Annotated[list[Any], Meta(min_length=1, max_length=100)] | None = None
+    """The value must be one of these."""
+    pattern: Annotated[str, Meta(min_length=1, max_length=500)] | None = None
+    """A string value must match this regular expression as a whole."""
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            if self.type not in ("string", "any"):
+                raise ValueError(f"overridable param {self.name!r}: `pattern` applies to strings only")
+            try:
+                re.compile(self.pattern)
+            except re.error as err:
+                raise ValueError(f"overridable param {self.name!r}: `pattern` is not a regular expression ({err})") \
+                    from None
+        for choice in self.choices or []:
+            if (problem := type_problem(choice, self.type)) is not None:
+                raise ValueError(f"overridable param {self.name!r}: choice {choice!r} {problem}")
+
+    def problem(self, value: Any) -> str | None:
+        """Why a start may not give this param `value` (None when it may)."""
+        if (problem := type_problem(value, self.type)) is not None:
+            return problem
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(json_text(c) for c in self.choices)}"
+        if self.pattern is not None and isinstance(value, str) and re.fullmatch(self.pattern, value) is None:
+            return f"must match {self.pattern}"
+        return None
+
+
+def json_text(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
 
 EMAIL_RE = re.compile(r"[^@\s<>,;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
 WEBHOOK_RE = re.compile(r"https?://[^\s/?#@]+(?:[/?#]\S*)?")
@@ -143,8 +215,14 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
     owner: Annotated[str, Meta(max_length=200)] | None = None
     system: bool = False
     notify: Notify | None = None
+    overridable: Annotated[list[StartParam], Meta(max_length=100)] = []
+    """The params a start may set; a start that sets any other is refused (403)."""
 
     def __post_init__(self) -> None:
+        names = [param.name for param in self.overridable]
+        if len(set(names)) != len(names):
+            twice = sorted({name for name in names if names.count(name) > 1})
+            raise ValueError(f"`overridable` names {', '.join(twice)} more than once")
         if self.kind is None:
             self.kind = "module" if self.module is not None and self.command is None else "command"
         if self.kind == "command":

@@ -219,7 +219,7 @@ class RunExecutor:
 
     async def _run_command(self, index: int, task: Task) -> Outcome:
         try:
-            argv = templates.command_argv(task.command or [], self._values(task), task.shell)
+            argv = templates.command_argv(task.command or [], self._values(task), task.shell, task.params)
         except templates.TemplateError as err:
             return Outcome("failed", error=str(err), retryable=False)
         result: dict[str, Any] = {}

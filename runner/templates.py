@@ -2,7 +2,9 @@
 
 Each argument is rendered on its own and stays one argument: a value is never split
 into several, so `; rm -rf /` in a value reaches the program as that literal text.
-With `shell: true` every substituted value is shell-quoted instead.
+With `shell: true` every substituted value is shell-quoted instead. The program (the
+first argument) takes its values from the task's params only: a start's context may
+fill arguments, never choose what runs (broker.overrides).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import shlex
 from typing import Any
 
-PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+from broker.types import TEMPLATE_PLACEHOLDER as PLACEHOLDER
 
 
 class TemplateError(ValueError):
@@ -40,10 +42,17 @@ def render(argument: str, values: dict[str, Any], quote: bool = False) -> str:
     return PLACEHOLDER.sub(substitute, argument)
 
 
-def command_argv(command: list[str], values: dict[str, Any], shell: bool) -> list[str]:
-    """The argv to execute: each argument rendered alone; with `shell`, one `sh -c` script
+def command_argv(command: list[str], values: dict[str, Any], shell: bool, params: dict[str, Any]) -> list[str]:
+    """The argv to execute: each argument rendered alone, the program from `params` only
+    and the rest from `values` (context and params); with `shell`, one `sh -c` script
     whose substituted values are quoted."""
-    rendered = [render(arg, values, quote=shell) for arg in command]
+    if not command:
+        return []
+    program_needs = [name for name in PLACEHOLDER.findall(command[0]) if name not in params]
+    if program_needs:
+        raise TemplateError(f"the program {command[0]!r} takes {', '.join(program_needs)} from the task's params, "
+                            "which do not hold it (a start's context never names the program)")
+    rendered = [render(command[0], params, quote=shell)] + [render(arg, values, quote=shell) for arg in command[1:]]
     for position, argument in enumerate(rendered):
         if "\x00" in argument:
             raise TemplateError(f"argument {position} ({command[position]!r}) renders with a NUL byte (\\u0000), "

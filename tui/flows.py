@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from textual import work
 
-from broker.types import Batch, ModuleInfo, Task
+from broker.types import Batch, ModuleInfo, StartParam, Task
 from tui import formatting
 from tui.screens.batch_form import BatchForm
 from tui.screens.confirm import ConfirmScreen
@@ -51,16 +51,28 @@ def start_batch_form(app: BatchdeckApp, batch: Batch) -> None:
 
 
 def start_task_form(app: BatchdeckApp, task: Task) -> None:
+    """The start form offers the params the task lets a start set (its `overridable`),
+    each with the task's own value as its default; no other can be sent."""
     api = app.api
     if api is None:
         return
-    module = offered_modules(app).get(task.module or "") if task.kind == "module" else None
-    params = [msgspec.to_builtins(p) for p in module.params] if module is not None else None
+    params = [start_field(param, task.params) for param in task.overridable]
 
     async def start(body: dict[str, Any]) -> dict[str, Any]:
         return await api.call("task", "start", {"id": task.id, **body})
 
     app.push_screen(StartForm(f"Start task {task.name}", start, params), lambda reply: said_started(app, reply))
+
+
+def start_field(param: StartParam, defaults: dict[str, Any]) -> dict[str, Any]:
+    """One overridable param as a start form field: {name, type, default, description}."""
+    description = param.description
+    if param.choices:
+        description = f"{description} (one of: {', '.join(str(c) for c in param.choices)})".strip()
+    elif param.pattern:
+        description = f"{description} (matching {param.pattern})".strip()
+    return {"name": param.name, "type": param.type, "default": defaults.get(param.name), "required": False,
+            "description": description}
 
 
 def batch_form(app: BatchdeckApp, batch: Batch | None) -> None:

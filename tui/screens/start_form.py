@@ -1,7 +1,8 @@
-"""Start a task or a batch now, with a context and (for a module task) parameters.
+"""Start a task or a batch now, with a context and (for a task) the params it lets a
+start set.
 
-One input per module parameter, its typed text converted to the parameter's type; a
-JSON object as the run's context. The caller's `save` sends the start request.
+One input per such param, its typed text converted to the param's type; a JSON object
+as the run's context. The caller's `save` sends the start request.
 """
 
 from __future__ import annotations
@@ -111,7 +112,12 @@ def convert(param: dict[str, Any], text: str) -> Any:
         raise FormError(f"{name}: {text!r} is not true or false")
     if kind in ("object", "array"):
         return _parse_json(name, text, dict if kind == "object" else list)
-    return text  # a type this dashboard does not know: the runner checks it
+    if kind == "any":
+        try:
+            return json.loads(text)  # a number, true, a list ... as typed; else the text itself
+        except json.JSONDecodeError:
+            return text
+    return text  # a type this dashboard does not know: the API checks it
 
 
 def _parse_json(name: str, text: str, expected: type) -> Any:
