@@ -20,7 +20,7 @@ from broker.connect import ConnectOptions, connect, denials_of, is_valid_inbox_p
 from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
 from broker.subjects import is_valid_org
-from batchdeck import commands, config, export, history, notify_options, output, supervisor
+from batchdeck import commands, config, credentials, export, history, notify_options, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN
 
 
@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="SIGTERM to SIGKILL on cancel")
     runner.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on shutdown, how long running work may finish before it is handed back")
+    runner.add_argument("--pass-env", action="append", default=[], metavar="NAME",
+                        help="also give tasks this variable of the runner's environment (they get PATH, HOME, "
+                             "LANG, LC_*, TZ, TMPDIR, USER, LOGNAME, SHELL and TERM, and their own env); repeat")
 
     scheduler = sub.add_parser("scheduler", parents=[common, metrics],
                                help="run a scheduler replica: batch schedules -> triggers (run several for HA)")
@@ -115,8 +118,21 @@ def _add_server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    handed_over = credentials.take_handover()
+    if argv[:1] == ["runner"]:
+        flag = credentials.on_command_line(argv)
+        if flag is not None:
+            build_parser().error(f"{flag}: a runner's credentials on its command line are readable by every process "
+                                 "on this machine, its tasks included (ps, /proc/PID/cmdline); give them in "
+                                 f"{config.ENV_URL} (user:password@host) or {config.ENV_TOKEN}, or a --creds FILE")
+        credentials.restart_without_secrets(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if handed_over:  # as if they were still in the environment: a flag given wins
+        if "--nats" not in (arg.partition("=")[0] for arg in argv):
+            args.nats = handed_over.get(config.ENV_URL, args.nats)
+        args.token = args.token or handed_over.get(config.ENV_TOKEN)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -118,7 +118,7 @@ async def run_runner(options: ConnectOptions, args, metrics: MetricsAddress | No
         nc = await connect(options, service=True)
         runner = RunnerService(
             nc, org=args.org, pools=args.pools, concurrency=args.concurrency, name=args.name, ack_wait=args.ack_wait,
-            grace=args.grace, drain_timeout=args.drain_timeout,
+            grace=args.grace, drain_timeout=args.drain_timeout, pass_env=args.pass_env,
         )
         expose(runner.metrics)
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
@@ -104,6 +105,9 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
             num_replicas=replicas,
             max_age=events_max_age,
             duplicate_window=120.0,
+            # A runner reads the last log line of an execution it resumes with a direct get,
+            # whose subject names the line's subject: a grant can confine it to its org.
+            allow_direct=True,
         ),
     ]
 
@@ -134,6 +138,12 @@ async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> list[str
         except BadRequestError:
             # Another process created it between our look and our add.
             info = await js.stream_info(config.name)
+    if config.allow_direct and not info.config.allow_direct:
+        # A capability batchdeck's runners need (not a retention or placement choice):
+        # switched on in place, for streams made before it was asked for.
+        info.config.allow_direct = True
+        await js.update_stream(info.config)
+        _log.info("stream %s: direct gets switched on", config.name)
     return _stream_drift(config, info.config)
 
 
@@ -161,6 +171,24 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
     if (have.num_replicas or 1) != replicas:
         drift.append(f"bucket {spec.name}: replicas is {have.num_replicas}, batchdeck expects {replicas}")
     return drift
+
+
+JETSTREAM_NOT_ENABLED = 10039
+"""The JetStream API's error code for "JetStream not enabled for account"."""
+
+
+async def jetstream_of(nc: Any, timeout: float = 5.0) -> JetStreamContext:
+    """The JetStream API as this connection reaches it: its own account's (`$JS.API`),
+    or, for a user of an org's account, the requests imported from batchdeck's account
+    under `subjects.ACCOUNT_JS_PREFIX`."""
+    js = nc.jetstream(timeout=timeout)
+    try:
+        await js.account_info()
+    except APIError as err:
+        if getattr(err, "err_code", None) == JETSTREAM_NOT_ENABLED:
+            return nc.jetstream(prefix=subjects.ACCOUNT_JS_PREFIX, timeout=timeout)
+        raise
+    return js
 
 
 async def wait_for_jetstream(js: JetStreamContext, timeout: float = 30.0) -> None:

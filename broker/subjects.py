@@ -110,6 +110,12 @@ def is_inbox_reply(org: str, reply: str) -> bool:
     return head in (SERVICE_INBOX_PREFIX, ROUTED_REPLY_PREFIX, org_inbox_prefix(org))
 
 
+ACCOUNT_JS_PREFIX = "$BD.JS.API"
+"""Where an org's account reaches the JetStream API of batchdeck's account: the few
+requests a runner may make are imported under this prefix (deploy/nats: an org's
+account has no JetStream of its own, and `$JS.API` there answers "not enabled")."""
+
+
 def kv_key(org: str, object_id: str) -> str:
     """The key of a definition or execution in its KV bucket."""
     return f"{org}.{object_id}"

@@ -70,8 +70,10 @@ class EventStream:
         self._flusher = asyncio.create_task(self._flush_forever(), name=f"events-{self.execution_id}")
 
     async def _last_idx(self) -> int:
+        # A direct get names the subject it reads: a runner's grant confines it to its org.
+        subject = subjects.exec_event(self.org, self.execution_id, "log")
         try:
-            msg = await self.js.get_last_msg(streams.EVENTS, subjects.exec_event(self.org, self.execution_id, "log"))
+            msg = await self.js.get_msg(streams.EVENTS, subject=subject, direct=True)
         except NotFoundError:
             return 0
         return int(codec.decode(msg.data, dict[str, Any]).get("idx", 0))

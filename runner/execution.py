@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -70,6 +69,8 @@ class RunEnvironment:
     modules: dict[str, Module]
     grace: float
     starts: StartCounter
+    inherited: dict[str, str] = field(default_factory=dict)
+    """The runner's variables a task's process gets (runner.environment)."""
 
 
 class RunExecutor:
@@ -209,7 +210,7 @@ class RunExecutor:
 
     def _environment(self, task: Task, index: int) -> dict[str, str]:
         return {
-            **os.environ,
+            **self.env.inherited,
             **task.env,
             "BATCHDECK_EXECUTION_ID": self.execution.id,
             "BATCHDECK_ACTION_INDEX": str(index),

@@ -1,10 +1,13 @@
 """The runner process: claims runs of its org's pools from BD_RUNS, executes them up
 to its concurrency, answers cancels for what it holds, heartbeats into bd_runners.
 
-Claiming: one durable pull consumer per (org, pool), `runner_{org}_{pool}`, filtered on
+Claiming: one durable pull consumer per (org, pool), `runner_{len}_{org}_{pool}`, filtered on
 `bd.{org}.run.{pool}` (a WorkQueue stream refuses overlapping consumers, so every runner
 of a pool shares the one consumer). A runner serves one org: its commands run on this
-machine, and one tenant's runner must never take another tenant's work.
+machine, and one tenant's runner must never take another tenant's work. It asks
+JetStream only what a grant can confine to its org (deploy/nats): the consumer is made
+with its filter in the request subject, records are read by direct gets that name their
+key, and no stream's info (which lists every org's subjects) is read.
 
 A claimed message is acked only once the execution's final state is stored and
 published; `in_progress()` keeps it claimed while actions run. A runner that dies leaves
@@ -27,7 +30,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 
 from broker import __version__, codec, ids, streams, subjects
 from broker.buckets import open_buckets
@@ -35,6 +38,7 @@ from broker.metrics import Metrics
 from broker.refusals import Refusals
 from broker.timestamps import now_iso
 from broker.types import Execution, RunCommand, Runner
+from runner.environment import base_environment
 from runner.events import EventStream
 from runner.execution import ActiveRun, FinishedElsewhere, Outcome, RunEnvironment, RunExecutor, deadline_passed
 from runner.modules import load_modules
@@ -80,6 +84,22 @@ this many seconds (to any runner, whose replica may have it), and dropped only a
 for 3 s)."""
 
 
+STREAM_NOT_FOUND = 10059
+"""The JetStream API's error code for "stream not found"."""
+PROBE_KEY = "provisioned-probe"
+"""A key no record has: a direct get of it tells whether a bucket exists."""
+
+
+async def _until_answered(ask):
+    """`await ask()`, again every second while JetStream does not answer (a server that
+    is still starting, a leader being elected)."""
+    while True:
+        try:
+            return await ask()
+        except streams.JETSTREAM_UNAVAILABLE:
+            await asyncio.sleep(1.0)
+
+
 def consumer_name(org: str, pool: str) -> str:
     """`runner_{len(org)}_{org}_{pool}`: org and pool may both contain `_`, and the length
     keeps org `a_b` + pool `c` apart from org `a` + pool `b_c`."""
@@ -97,6 +117,7 @@ class RunnerService:
         ack_wait: float = DEFAULT_ACK_WAIT,
         grace: float = DEFAULT_GRACE,
         drain_timeout: float = DEFAULT_DRAIN,
+        pass_env: list[str] | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -107,6 +128,8 @@ class RunnerService:
         self.ack_wait = ack_wait
         self.grace = grace
         self.drain_timeout = drain_timeout
+        self.pass_env = list(pass_env or [])
+        """Names of the runner's variables passed on to every task (besides runner.environment's)."""
         self.active: dict[str, ActiveRun] = {}
         self.started_at = now_iso()
         self._reserved = 0
@@ -140,11 +163,13 @@ class RunnerService:
     async def start(self) -> None:
         await self.metrics.serve(self.nc, SERVICE_NAME, f"batchdeck runner {self.id}",
                                  {"runner_id": self.id, "org": self.org, "pools": ",".join(self.pools)})
-        await streams.wait_for_provisioning(self.js, log)
-        self.buckets = await open_buckets(self.js)
+        self.js = await _until_answered(lambda: streams.jetstream_of(self.nc))
+        await self._wait_for_provisioning()
+        self.buckets = await open_buckets(self.js, look=False)
         self.modules = load_modules()
         self.env = RunEnvironment(self.js, self.buckets, self.id, self.modules, self.grace,
-                                  StartCounter(self.buckets.task_starts, self.id))
+                                  StartCounter(self.buckets.task_starts, self.id),
+                                  base_environment(os.environ, self.pass_env))
         self._control_subs = [
             await self.nc.subscribe(subjects.exec_cancel(self.org, "*"), cb=self._on_cancel),
             await self.nc.subscribe(subjects.runner_holds(self.org, self.id), cb=self._on_holds),
@@ -190,6 +215,34 @@ class RunnerService:
         except Exception as err:  # the heartbeat TTL removes it anyway
             log.debug("could not remove the heartbeat: %s", err)
 
+    async def _wait_for_provisioning(self) -> None:
+        """Wait until a broker has provisioned the streams and buckets, asking only what a
+        runner may ask: its pools' consumers and its org's keys."""
+        said = False
+        while not await self._provisioned():
+            if not said:
+                log.warning("streams and buckets are not provisioned yet; waiting for a broker to start")
+                said = True
+            await asyncio.sleep(1.0)
+
+    async def _provisioned(self) -> bool:
+        try:
+            for pool in self.pools:
+                try:
+                    await self.js.consumer_info(streams.RUNS, consumer_name(self.org, pool))
+                except NotFoundError as err:
+                    if err.err_code == STREAM_NOT_FOUND:
+                        return False  # else the stream is there and the consumer not yet: made when claiming
+            for bucket in (streams.EXECS_BUCKET, streams.RUNNERS_BUCKET, streams.TASK_STATE_BUCKET,
+                           streams.TASK_STARTS_BUCKET):
+                try:
+                    await self.js.get_msg(f"KV_{bucket}", subject=f"$KV.{bucket}.{self.org}.{PROBE_KEY}", direct=True)
+                except NotFoundError:
+                    pass  # the bucket answers: it is there (the key never is)
+        except (*streams.JETSTREAM_UNAVAILABLE, APIError):
+            return False
+        return True
+
     # ---- claiming ----------------------------------------------------------------
 
     async def _subscription(self, pool: str) -> Any:
@@ -201,8 +254,10 @@ class RunnerService:
         try:
             info = await self.js.consumer_info(streams.RUNS, name)
         except NotFoundError:
+            # `name` set: nats-py creates it on $JS.API.CONSUMER.CREATE.BD_RUNS.{name}.{filter},
+            # the form whose grant pins the filter to this org's pool.
             config = ConsumerConfig(
-                durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
+                name=name, durable_name=name, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait, max_deliver=-1,
                 filter_subject=wanted, max_ack_pending=10_000,
             )
             try:

@@ -168,11 +168,12 @@ class RunnerFactory:
         ack_wait: float = 3.0,
         grace: float = 1.0,
         drain_timeout: float = 1.0,
+        pass_env: list[str] | None = None,
     ) -> RunnerService:
         client = await nats.connect(self.url, name=f"test-runner-{name or len(self.running)}")
         runner = RunnerService(
             client, org=org or self.org, pools=pools, concurrency=concurrency, name=name, ack_wait=ack_wait,
-            grace=grace, drain_timeout=drain_timeout,
+            grace=grace, drain_timeout=drain_timeout, pass_env=pass_env,
         )
         try:
             await runner.start()

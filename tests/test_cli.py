@@ -121,6 +121,16 @@ async def test_usage_errors_exit_2(run):
     assert (await run("runner", "--concurrency", "0")).returncode == 2
 
 
+@pytest.mark.parametrize("secret", [["--nats", "nats://acme-runner:hunter2@127.0.0.1:4222"],
+                                    ["--nats=nats://127.0.0.1:4223,nats://acme-runner:hunter2@127.0.0.1:4222"],
+                                    ["--token", "hunter2"]])
+def test_a_runner_refuses_credentials_on_its_command_line(org, secret):
+    """Any process on the machine, its tasks first, reads a runner's command line."""
+    result = cli("runner", *secret, url="nats://127.0.0.1:1", org=org)
+    assert result.returncode == 2
+    assert "readable by every process" in result.stderr and "BATCHDECK_NATS_URL" in result.stderr
+
+
 def test_unreachable_server_exits_1_quickly(org):
     started = time.monotonic()
     result = cli("task", "list", url=f"nats://127.0.0.1:{free_port()}", org=org)

@@ -167,6 +167,27 @@ async def test_shell_true_quotes_every_substituted_value(
     assert await log_messages(exec_events, execution["id"], "stdout") == [value]
 
 
+async def test_a_task_gets_a_clean_environment_never_the_runners_secrets(
+    runner_factory, make_task, start_task, wait_exec, exec_events, monkeypatch
+):
+    monkeypatch.setenv("BATCHDECK_NATS_URL", "nats://runner:hunter2@nats.internal:4222")
+    monkeypatch.setenv("BD_RUNNER_ONLY", "not for tasks")
+    monkeypatch.setenv("BD_PASSED_ON", "for tasks")
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    await runner_factory(pass_env=["BD_PASSED_ON", "BATCHDECK_NATS_URL"])
+    task = await make_task(command=[sys.executable, "-c", "import json, os; print(json.dumps(dict(os.environ)))"],
+                           env={"TASK_OWN": "yes"})
+
+    execution = await wait_exec(await start_task(task["id"]))
+
+    assert execution["status"] == "succeeded", execution
+    seen = json.loads((await log_messages(exec_events, execution["id"], "stdout"))[0])
+    assert seen["TASK_OWN"] == "yes" and seen["BD_PASSED_ON"] == "for tasks" and seen["LC_TIME"] == "C.UTF-8"
+    assert seen["PATH"] == os.environ["PATH"] and seen["BATCHDECK_EXECUTION_ID"] == execution["id"]
+    assert "BD_RUNNER_ONLY" not in seen
+    assert "hunter2" not in json.dumps(seen)  # not even when named in --pass-env
+
+
 def test_the_program_is_rendered_from_the_tasks_params_only():
     """What the runner does whatever enqueued the run: a value for the program that only
     the context holds is not taken (broker.overrides refuses such a start earlier)."""
