@@ -20,7 +20,7 @@ from broker.connect import ConnectOptions, connect, denials_of, is_valid_inbox_p
 from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
 from broker.subjects import is_valid_org
-from batchdeck import commands, config, credentials, export, history, notify_options, output, supervisor
+from batchdeck import commands, config, credentials, export, history, nats_config, notify_options, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN
 
 
@@ -33,7 +33,7 @@ def _connection_parser() -> argparse.ArgumentParser:
     group.add_argument("--token", default=None, help=f"NATS auth token (env {config.ENV_TOKEN})")
     group.add_argument("--tls-ca", default=None, metavar="FILE", help=f"CA file to verify the server's TLS (env {config.ENV_TLS_CA})")
     group.add_argument("--inbox-prefix", default=None, metavar="PREFIX",
-                       help=f"prefix of reply subjects, e.g. _INBOX_acme when the server confines this user's "
+                       help=f"prefix of reply subjects, e.g. _INBOX_acme.viewer when the server confines this user's "
                             f"replies to it (env {config.ENV_INBOX_PREFIX}, default _INBOX)")
     group.add_argument("--org", default=config.default_org(), help=f"organisation (env {config.ENV_ORG}, default 'default')")
     group.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -104,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tui", parents=[common], help="open the terminal dashboard on a running system")
 
+    nats_config.add_parser(sub)
     commands.add_parsers(sub, common)
     history.add_parsers(sub, common)
     export.add_parser(sub, common)
@@ -138,11 +139,13 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "nats-config":
+        return nats_config.run(args, argv)
     if hasattr(args, "org") and not is_valid_org(args.org):
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
     inbox_prefix = getattr(args, "inbox_prefix", None) or os.environ.get(config.ENV_INBOX_PREFIX)
     if hasattr(args, "inbox_prefix") and inbox_prefix and not is_valid_inbox_prefix(inbox_prefix):
-        parser.error(f"--inbox-prefix {inbox_prefix!r} is invalid: a subject without wildcards, e.g. _INBOX_acme")
+        parser.error(f"--inbox-prefix {inbox_prefix!r} is invalid: a subject without wildcards, e.g. _INBOX_acme.viewer")
     if args.command == "runner":
         _check_runner_args(parser, args)
     if args.command == "store" and args.retain_days is not None and args.retain_days <= 0:

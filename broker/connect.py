@@ -30,7 +30,7 @@ log = logging.getLogger("batchdeck.connect")
 DEFAULT_URL = "nats://127.0.0.1:4222"
 DEFAULT_INBOX_PREFIX = "_INBOX"
 """nats-py's reply inbox prefix; a user confined to its org's replies needs its own
-(`_INBOX_acme`, deploy/nats/auth.conf)."""
+(`_INBOX_acme.viewer`, deploy/nats/auth.conf)."""
 _INBOX_PREFIX_RE = re.compile(r"^[^.*>\s]+(\.[^.*>\s]+)*$")
 RECONNECT_FIRST_WAIT = 0.25
 RECONNECT_MAX_WAIT = 5.0
@@ -49,7 +49,7 @@ class ConnectOptions:
 
 
 def is_valid_inbox_prefix(prefix: str) -> bool:
-    """A subject without wildcards or empty tokens, such as `_INBOX_acme`."""
+    """A subject without wildcards or empty tokens, such as `_INBOX_acme.viewer`."""
     return bool(_INBOX_PREFIX_RE.match(prefix))
 
 

@@ -72,6 +72,13 @@ def runner_holds(org: str, runner_id: str) -> str:
     return f"{PREFIX}.{org}.ctl.runner.{runner_id}.holds"
 
 
+def runner_consumer(org: str, pool: str) -> str:
+    """The durable consumer of BD_RUNS the runners of one org's pool share:
+    `runner_{len(org)}_{org}_{pool}` (org and pool may both contain `_`; the length keeps
+    org `a_b` + pool `c` apart from org `a` + pool `b_c`)."""
+    return f"runner_{len(org)}_{org}_{pool}"
+
+
 TRACE_HEADER = "Bd-Trace"
 """`Bd-Trace: false` on every event of a `trace: false` execution: the store keeps no history of it."""
 

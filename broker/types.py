@@ -453,6 +453,9 @@ class Notification(Struct, kw_only=True):
     error: str | None = None
     notifier: str | None = None
     """The notifier instance that holds (or held) the claim."""
+    claim_id: str | None = None
+    """Random, made with the claim: part of the event's `Nats-Msg-Id`, which no other org
+    (publishing into the same stream) can then name in advance."""
     created_at: Timestamp
     updated_at: Timestamp
     sent_at: Timestamp | None = None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -272,7 +273,7 @@ class NotifierService:
         claim = await self.claims.claim(Notification(
             org=execution.org, execution_id=execution.id, channel=recipient.channel, target=recipient.target,
             rules=recipient.rules, execution_status=execution.status, notifier=self.id, created_at=now,
-            updated_at=now,
+            updated_at=now, claim_id=secrets.token_hex(8),
         ))
         if claim.state == "settled":
             return True
@@ -338,7 +339,9 @@ class NotifierService:
 
     async def _publish(self, record: Notification, traced: bool) -> None:
         subject = subjects.notify_event(record.org, record.execution_id)
-        msg_id = f"{delivery_key(record)}.{record.status}.{record.attempts}"
+        # The claim's random id keeps the key out of reach of another org's runner, which
+        # publishes into BD_EVENTS too (de-duplication is stream-wide).
+        msg_id = f"{delivery_key(record)}.{record.claim_id or 'claim'}.{record.status}.{record.attempts}"
         headers = {"Nats-Msg-Id": msg_id} if traced else {"Nats-Msg-Id": msg_id, subjects.TRACE_HEADER: "false"}
         delay = 0.1
         while True:  # the delivery happened: its record must reach the history

@@ -5,8 +5,10 @@ last line stored). They go through a bounded queue to one flusher that pipelines
 publishes in chunks and awaits their acks together, so a chatty task costs few round
 trips; when the queue is full, `log()` waits, the pipe fills and the task's writes
 block: memory stays bounded and no line is dropped. Every log message carries
-`Nats-Msg-Id: {org}.{execution_id}.log.{idx}`, so a retried publish is never stored twice
-(and no other org's line with the same execution id and idx can pre-empt it).
+`Nats-Msg-Id: {org}.{execution_id}.{nonce}.log.{idx}`, so a retried publish is never
+stored twice. The nonce is random per attempt: BD_EVENTS de-duplicates by id across
+every subject, and a runner of another org, which publishes into the same stream, must
+not be able to name this line's id in advance and have it dropped as a duplicate.
 State events wait for the lines before them, so a reader never sees `succeeded`
 before the last line.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -59,6 +62,7 @@ class EventStream:
         self.org = org
         self.execution_id = execution_id
         self.headers = None if trace else {subjects.TRACE_HEADER: "false"}
+        self._msg_id_prefix = f"{org}.{execution_id}.{secrets.token_hex(8)}.log."
         self.next_idx: int | None = None  # known once the first line is logged
         self._idx_lock = asyncio.Lock()
         self._queue: asyncio.Queue[LogLine | None] = asyncio.Queue(QUEUE_LINES)
@@ -137,7 +141,7 @@ class EventStream:
         while pending:
             futures = []
             for line in pending:
-                headers = {**(self.headers or {}), "Nats-Msg-Id": f"{self.org}.{self.execution_id}.log.{line.idx}"}
+                headers = {**(self.headers or {}), "Nats-Msg-Id": f"{self._msg_id_prefix}{line.idx}"}
                 futures.append(await self.js.publish_async(subject, codec.encode(line), headers=headers))
             results = await asyncio.gather(*futures, return_exceptions=True)
             pending = [line for line, result in zip(pending, results, strict=True) if isinstance(result, BaseException)]

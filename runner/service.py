@@ -100,10 +100,7 @@ async def _until_answered(ask):
             await asyncio.sleep(1.0)
 
 
-def consumer_name(org: str, pool: str) -> str:
-    """`runner_{len(org)}_{org}_{pool}`: org and pool may both contain `_`, and the length
-    keeps org `a_b` + pool `c` apart from org `a` + pool `b_c`."""
-    return f"runner_{len(org)}_{org}_{pool}"
+consumer_name = subjects.runner_consumer
 
 
 class RunnerService:

@@ -8,6 +8,10 @@ State lives in KV `bd_scheduler`:
 - `replica.{id}` is each replica's heartbeat with its `fired_through` watermark: every
   tick up to that instant was published. The newest watermark of all replicas is where
   catch-up starts after the whole fleet was down.
+- `msg-id-salt`: a random value made once by the first replica ever, part of every
+  tick's `Nats-Msg-Id` (`scheduler.service`): BD_TRIGGERS de-duplicates by id across all
+  subjects, and an org that may publish its own triggers must not be able to name
+  another org's next tick id and have that tick dropped as a duplicate.
 
 Replicas never coordinate ticks: every replica fires every tick and JetStream
 de-duplication keeps one.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -35,6 +40,7 @@ ALIVE_SECONDS = 10.0
 FORGET_AFTER = timedelta(days=7)
 """Heartbeats of replicas stopped longer ago than this are removed."""
 EPOCH_KEY = "epoch"
+SALT_KEY = "msg-id-salt"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class Membership:
     """The fleet's lease had lapsed: this start began epoch `epoch`."""
     missed_since: datetime | None
     """Every tick up to this instant was fired by some replica; None when no replica ever ran."""
+    salt: bytes = b""
+    """The fleet's `msg-id-salt`, the same for every replica."""
 
 
 class Fleet:
@@ -60,7 +68,20 @@ class Fleet:
         self.replica.epoch, self.replica.started_at = epoch, to_iso(now)
         await self.beat(now, now if missed_since is None else min(missed_since, now), batches=0)
         await self._forget([r for r in replicas if r.id != self.replica.id], now)
-        return Membership(epoch, fresh, missed_since)
+        return Membership(epoch, fresh, missed_since, await self._salt())
+
+    async def _salt(self) -> bytes:
+        """The fleet's salt: read, or made by whichever replica gets there first."""
+        try:
+            return (await self.kv.get(SALT_KEY)).value
+        except KeyNotFoundError:
+            pass
+        made = secrets.token_hex(16).encode()
+        try:
+            await self.kv.create(SALT_KEY, made)
+            return made
+        except KeyWrongLastSequenceError:
+            return (await self.kv.get(SALT_KEY)).value  # another replica made it first
 
     async def beat(self, now: datetime, fired_through: datetime, batches: int) -> None:
         self.replica.heartbeat_at = to_iso(now)

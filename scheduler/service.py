@@ -2,10 +2,11 @@
 publishes `bd.{org}.trigger.{batch_id}` to BD_TRIGGERS.
 
 Any number of replicas may run. Each fires every tick with the same `Nats-Msg-Id`
-(`{org}.{batch_id}@{scheduled_at}`) and the same trigger id, so JetStream's
-de-duplication keeps one message per tick, and should a tick be re-published after
-the de-duplication window (a replica catching up), the broker still finds the one
-execution derived from the trigger id.
+(`{org}.{batch_id}@{scheduled_at}.{digest}`, the digest keyed by the fleet's salt, so
+that no org can publish a trigger under another org's next tick id first) and the same
+trigger id, so JetStream's de-duplication keeps one message per tick, and should a tick
+be re-published after the de-duplication window (a replica catching up), the broker
+still finds the one execution derived from the trigger id.
 
 Startup: the replica joins the fleet (`scheduler.fleet`); ticks missed while no
 replica ran go through each batch's catch-up policy; on a fresh start of the fleet,
@@ -15,6 +16,8 @@ batches with `run_on_startup` run once (one trigger id per fleet epoch).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from dataclasses import dataclass
@@ -203,8 +206,15 @@ class SchedulerService:
                 trigger_id=ids.tick_id(key, int(tick.scheduled_at.timestamp() * 1000)), batch_id=tick.batch_id,
                 source=tick.source, scheduled_at=scheduled, org=tick.org,
             )
-            prepared.append(Prepared(subjects.trigger(tick.org, tick.batch_id), trigger, {MSG_ID: key}, tick.schedule))
+            prepared.append(Prepared(subjects.trigger(tick.org, tick.batch_id), trigger, {MSG_ID: self._msg_id(key)},
+                                     tick.schedule))
         return prepared
+
+    def _msg_id(self, key: str) -> str:
+        """`key` and a digest of it keyed by the fleet's salt: every replica names a tick
+        alike, and nobody without the salt can."""
+        salt = self.membership.salt if self.membership is not None else b""
+        return f"{key}.{hmac.new(salt, key.encode(), hashlib.sha256).hexdigest()[:16]}"
 
     def _still_due(self, item: Prepared) -> bool:
         member = self.timeline.entries.get((item.trigger.org, item.trigger.batch_id))
@@ -215,7 +225,7 @@ class SchedulerService:
         key = f"{org}.{batch.id}@startup.{self.membership.epoch}"
         trigger = Trigger(trigger_id=ids.tick_id(key, int(started.timestamp() * 1000)), batch_id=batch.id,
                           source="startup", scheduled_at=to_iso(started), org=org)
-        return Prepared(subjects.trigger(org, batch.id), trigger, {MSG_ID: key})
+        return Prepared(subjects.trigger(org, batch.id), trigger, {MSG_ID: self._msg_id(key)})
 
     async def _publish(self, triggers: list[Prepared]) -> None:
         """Publish every trigger, pipelined, retrying failures until they are stored: a

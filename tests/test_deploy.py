@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import nats
 import pytest
 import yaml
 
+from batchdeck import credentials
 from batchdeck.cli import build_parser
 from broker.server import find_binary, free_port
 from runner.service import consumer_name
@@ -83,6 +85,23 @@ def test_the_cluster_has_three_nodes_routed_to_each_other_each_with_a_volume():
     assert all("--replicas" in spec["command"] and "3" in spec["command"] for spec in brokers)
 
 
+def test_auth_conf_is_what_batchdeck_nats_config_makes_of_the_command_it_names():
+    """Nobody edited the generated file by hand: the command in its header makes it again."""
+    auth = (ROOT / "deploy" / "nats" / "auth.conf").read_text()
+    command = auth.splitlines()[1].removeprefix("#").strip()
+    assert command.startswith("batchdeck nats-config ")
+    made = subprocess.run([sys.executable, "-m", "batchdeck", *shlex.split(command)[1:]], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == auth
+
+
+def test_every_password_the_configs_read_is_in_the_example_env():
+    auth = (ROOT / "deploy" / "nats" / "auth.conf").read_text()
+    needed = set(re.findall(r"\$(BD_PW_[A-Z0-9_]+)", auth))
+    assert needed and needed <= set(example_env()), sorted(needed - set(example_env()))
+
+
 def test_each_runner_pool_in_compose_has_its_consumer_granted():
     auth = (ROOT / "deploy" / "nats" / "auth.conf").read_text()
     for name, spec in batchdeck_services().items():
@@ -91,6 +110,9 @@ def test_each_runner_pool_in_compose_has_its_consumer_granted():
             continue
         org, pool = command[command.index("--org") + 1], command[command.index("--pool") + 1]
         assert consumer_name(org, pool) in auth, f"{name}: auth.conf grants no consumer for pool {pool!r} of {org!r}"
+        # its tasks could read its command line: the credentials are in its environment
+        assert credentials.on_command_line(command) is None, name
+        assert "@" in spec["environment"]["BATCHDECK_NATS_URL"], name
 
 
 async def test_a_node_of_the_compose_cluster_starts_and_enforces_its_users(tmp_path: Path):
@@ -118,7 +140,7 @@ async def test_a_node_of_the_compose_cluster_starts_and_enforces_its_users(tmp_p
             await nats.connect(f"nats://bd-broker:wrong@127.0.0.1:{port}", max_reconnect_attempts=1,
                                connect_timeout=2, allow_reconnect=False)
         viewer = await nats.connect(f"nats://default-viewer:{secrets['BD_PW_DEFAULT_VIEWER']}@127.0.0.1:{port}",
-                                    inbox_prefix="_INBOX_default")
+                                    inbox_prefix="_INBOX_default.viewer")
         refused: list[Exception] = []
 
         async def on_error(err: Exception) -> None:

@@ -112,6 +112,8 @@ async def test_drifted_streams_are_reported_and_left_alone(fresh_nc):
 
     # reported again on the next run: drift is not forgotten
     assert sorted(await streams.provision(js)) == sorted(drift)
+    # but the direct gets runners need were switched on in place (made before they were asked for)
+    assert (await js.stream_info(streams.EVENTS)).config.allow_direct is True
 
 
 async def test_drifted_subjects_are_reported(fresh_nc):

@@ -334,3 +334,29 @@ async def test_log_batches_reads_the_stores_pages_then_only_newer_stream_lines(t
         assert sum(batches, []) == list(range(1, 4601))
         stored_part = batches[:next(n for n, batch in enumerate(batches) if batch[-1] >= 4500) + 1]
         assert len(stored_part) >= 3 and all(len(batch) <= 2000 for batch in stored_part), "paged by the store"
+
+
+async def test_without_jetstream_the_log_is_the_history_then_the_orgs_events_with_no_gap(tmp_path: Path,
+                                                                                          monkeypatch):
+    """A user of an org's account has no JetStream: the history comes from the store and
+    the live lines from the org's events. Lines published before the follower subscribed
+    that the store had not ingested yet are asked of it again until it has them."""
+    from broker import log_feed
+
+    async def no_jetstream(nc: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(log_feed, "_has_jetstream", no_jetstream)
+    async with _stack(tmp_path, with_store=False) as stack:
+        execution_id = ids.new_id()
+        log = subjects.exec_event(ACME, execution_id, "log")
+        await publish(stack.nc, log, make_lines(1, 50, execution_id))  # no store: in no history yet
+        follower = asyncio.create_task(collect(stack.api(), execution_id, follow=True))
+        await asyncio.sleep(0.5)
+        await publish(stack.nc, log, make_lines(51, 10, execution_id))  # live, after a gap of 50
+        await asyncio.sleep(1.0)
+        assert not follower.done()
+        await stack.start_store()  # the store ingests 1..60: the gap is filled from it
+        await publish(stack.nc, log, make_lines(61, 5, execution_id))
+        await publish(stack.nc, subjects.exec_event(ACME, execution_id, "state"), [succeeded(execution_id)])
+        assert sum(await asyncio.wait_for(follower, timeout=30), []) == list(range(1, 66))

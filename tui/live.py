@@ -131,9 +131,10 @@ class LiveState:
             denials = denials_of(self.nc)
             refused = denials.latest(lambda d: bucket in d.subject, started) if denials is not None else None
             reason = refused.describe() if refused is not None else str(err) or type(err).__name__
-            if refused is not None:
-                # A confined user (deploy/nats/auth.conf) may not watch: the API's lists and
-                # the org's definition events serve instead.
+            no_jetstream = getattr(err, "err_code", None) == streams.JETSTREAM_NOT_ENABLED
+            if refused is not None or no_jetstream:
+                # A confined user may not watch (an org's account has no JetStream at all,
+                # deploy/nats): the API's lists and the org's definition events serve instead.
                 log.info("cannot watch %s (%s): following %s through the API", bucket, reason, kind)
                 await self._follow_by_api(kind, type_)
                 ready.set()
