@@ -24,9 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import nats.errors
-from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import APIError
 
 from broker import codec, ids, streams, subjects
 from broker.client import ApiClient
@@ -56,26 +54,13 @@ async def log_batches(api: ApiClient, execution_id: str, follow: bool,
     live lines. Without `follow`, ends once the log has been quiet for QUIET_SECONDS;
     with it, once the execution reached a final state and its log is quiet.
     Stopping the iteration (or `aclose()`) releases the subscriptions."""
-    if await _has_jetstream(api.nc):
+    if await streams.has_jetstream(api.nc):
         feed = _stream_feed(api, execution_id, follow, after_idx)
     else:
         feed = _subscribed_feed(api, execution_id, follow, after_idx)
     async with contextlib.aclosing(feed) as batches:
         async for batch in batches:
             yield batch
-
-
-async def _has_jetstream(nc: Client) -> bool:
-    """Whether this connection's account has JetStream (a user of an org's account has not)."""
-    try:
-        await nc.jetstream(timeout=5.0).account_info()
-    except APIError as err:
-        if getattr(err, "err_code", None) == streams.JETSTREAM_NOT_ENABLED:
-            return False
-        raise
-    except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.errors.NoRespondersError):
-        return False  # a user that may not ask (refused by the server: no answer)
-    return True
 
 
 # ---- with JetStream: the stream ------------------------------------------------------------

@@ -9,6 +9,7 @@ operator's decision.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from nats.js.errors import (APIError, BadRequestError, BucketNotFoundError, NoSt
                             ServiceUnavailableError)
 
 from broker import subjects
+from broker.connect import denials_of
 
 _log = logging.getLogger("batchdeck.provision")
 
@@ -175,6 +177,36 @@ async def _ensure_bucket(js: JetStreamContext, spec: BucketSpec, replicas: int) 
 
 JETSTREAM_NOT_ENABLED = 10039
 """The JetStream API's error code for "JetStream not enabled for account"."""
+
+
+async def has_jetstream(nc: Any, timeout: float = 5.0) -> bool:
+    """Whether this connection's account has JetStream and its user may use it. A user
+    of an org's account (deploy/nats) has none; one the server refuses `$JS.API.INFO` is
+    told at once (broker.connect keeps the refusals), not after `timeout`."""
+    denials = denials_of(nc)
+    request = asyncio.ensure_future(nc.request(f"{JS_API_PREFIX}.INFO", b"", timeout=timeout))
+    refused: asyncio.Future[Any] | None = None
+    try:
+        if denials is not None:
+            with denials.watch(lambda d: d.is_for("publish", f"{JS_API_PREFIX}.INFO")) as refused:
+                await asyncio.wait({request, refused}, return_when=asyncio.FIRST_COMPLETED)
+        else:
+            await asyncio.wait({request})
+        if refused is not None and refused.done() and not refused.cancelled() and not request.done():
+            return False
+        reply = await request
+    except (NatsTimeout, asyncio.TimeoutError, NoRespondersError):
+        return False
+    finally:
+        if not request.done():
+            request.cancel()
+    try:
+        return "error" not in json.loads(reply.data or b"{}")
+    except ValueError:
+        return False
+
+
+JS_API_PREFIX = "$JS.API"
 
 
 async def jetstream_of(nc: Any, timeout: float = 5.0) -> JetStreamContext:

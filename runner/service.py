@@ -92,11 +92,15 @@ PROBE_KEY = "provisioned-probe"
 
 async def _until_answered(ask):
     """`await ask()`, again every second while JetStream does not answer (a server that
-    is still starting, a leader being elected)."""
+    is still starting, a leader being elected, a user the server refuses: said once)."""
+    said = False
     while True:
         try:
             return await ask()
-        except streams.JETSTREAM_UNAVAILABLE:
+        except streams.JETSTREAM_UNAVAILABLE as err:
+            if not said:
+                log.warning("JetStream does not answer (%s); asking again every second", type(err).__name__)
+                said = True
             await asyncio.sleep(1.0)
 
 

@@ -341,12 +341,12 @@ async def test_without_jetstream_the_log_is_the_history_then_the_orgs_events_wit
     """A user of an org's account has no JetStream: the history comes from the store and
     the live lines from the org's events. Lines published before the follower subscribed
     that the store had not ingested yet are asked of it again until it has them."""
-    from broker import log_feed
+    from broker import streams
 
-    async def no_jetstream(nc: Any) -> bool:
+    async def no_jetstream(nc: Any, timeout: float = 5.0) -> bool:
         return False
 
-    monkeypatch.setattr(log_feed, "_has_jetstream", no_jetstream)
+    monkeypatch.setattr(streams, "has_jetstream", no_jetstream)
     async with _stack(tmp_path, with_store=False) as stack:
         execution_id = ids.new_id()
         log = subjects.exec_event(ACME, execution_id, "log")

@@ -91,8 +91,11 @@ class LiveState:
         self.loaded.clear()
         js = self.nc.jetstream()
         ready = [asyncio.Event() for _ in _WATCHED]
+        # A user of an org's account has no JetStream (deploy/nats): no watch to try.
+        watching = await streams.has_jetstream(self.nc)
         for (kind, (bucket, type_)), event in zip(_WATCHED.items(), ready, strict=True):
-            self._tasks.append(asyncio.create_task(self._watch(js, kind, bucket, type_, event), name=f"tui-{kind}"))
+            follow = self._watch(js, kind, bucket, type_, event) if watching else self._by_api(kind, type_, event)
+            self._tasks.append(asyncio.create_task(follow, name=f"tui-{kind}"))
         self._subscriptions += [  # a watch refused meanwhile may have added its own
             await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "state"), cb=self._on_state),
             await self.nc.subscribe(subjects.exec_event(self.api.org, "*", "progress"), cb=self._on_progress),
@@ -174,6 +177,12 @@ class LiveState:
                 await watcher.stop()
             except (NatsError, AttributeError):
                 pass
+
+    async def _by_api(self, kind: Kind, type_: type[msgspec.Struct], ready: asyncio.Event) -> None:
+        try:
+            await self._follow_by_api(kind, type_)
+        finally:
+            ready.set()
 
     async def _follow_by_api(self, kind: Kind, type_: type[msgspec.Struct]) -> None:
         """`kind` from the API's list, kept current by the definition events of the org
