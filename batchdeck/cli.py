@@ -21,7 +21,8 @@ from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
 from broker.subjects import is_valid_org
 from batchdeck import commands, config, credentials, export, history, nats_config, notify_options, output, supervisor
-from broker.types import ID_PATTERN, POOL_PATTERN
+from broker.types import ID_PATTERN, POOL_PATTERN, LogLimits
+from runner import log_limits
 
 
 def _connection_parser() -> argparse.ArgumentParser:
@@ -75,6 +76,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser("broker", parents=[common, metrics], help="run a control-plane service instance")
     broker.add_argument("--replicas", type=int, default=1, help="stream replicas when provisioning (3 on a cluster)")
+    limits = LogLimits()
+    broker.add_argument("--log-lines", type=_positive, default=limits.default_lines, metavar="N",
+                        help="lines of each action's output kept when its task does not say "
+                             f"(default {limits.default_lines})")
+    broker.add_argument("--log-lines-max", type=_positive, default=limits.max_lines, metavar="N",
+                        help=f"the most lines a task may ask to keep, log_max_lines (default {limits.max_lines})")
+    broker.add_argument("--log-bytes", type=_positive, default=limits.default_bytes, metavar="BYTES",
+                        help="bytes of each action's output kept when its task does not say "
+                             f"(default {limits.default_bytes})")
+    broker.add_argument("--log-bytes-max", type=_positive, default=limits.max_bytes, metavar="BYTES",
+                        help=f"the most bytes a task may ask to keep, log_max_bytes (default {limits.max_bytes})")
 
     runner = sub.add_parser("runner", parents=[common, metrics], help="run a runner: claims and executes runs of its pools")
     runner.add_argument("--pool", action="append", dest="pools", metavar="NAME", help="a pool to serve; repeat (default: default)")
@@ -85,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     runner.add_argument("--grace", type=float, default=10.0, metavar="SECONDS", help="SIGTERM to SIGKILL on cancel")
     runner.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                         help="on shutdown, how long running work may finish before it is handed back")
+    runner.add_argument("--log-rate-lines", type=_not_negative, default=log_limits.DEFAULT_RATE_LINES, metavar="N",
+                        help="lines a second this runner publishes at most, over all its runs; a run over it waits "
+                             f"and its process's pipe fills (0: no limit; default {log_limits.DEFAULT_RATE_LINES})")
+    runner.add_argument("--log-rate-bytes", type=_not_negative, default=log_limits.DEFAULT_RATE_BYTES, metavar="BYTES",
+                        help=f"bytes a second, as --log-rate-lines (default {log_limits.DEFAULT_RATE_BYTES})")
     runner.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                         help="also give tasks this variable of the runner's environment (they get PATH, HOME, "
                              "LANG, LC_*, TZ, TMPDIR, USER, LOGNAME, SHELL and TERM, and their own env); repeat")
@@ -109,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_parsers(sub, common)
     export.add_parser(sub, common)
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def _not_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
 
 
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -145,9 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
     inbox_prefix = getattr(args, "inbox_prefix", None) or os.environ.get(config.ENV_INBOX_PREFIX)
     if hasattr(args, "inbox_prefix") and inbox_prefix and not is_valid_inbox_prefix(inbox_prefix):
-        parser.error(f"--inbox-prefix {inbox_prefix!r} is invalid: a subject without wildcards, e.g. _INBOX_acme.viewer")
+        parser.error(f"--inbox-prefix {inbox_prefix!r} is invalid: a subject without wildcards, "
+                     "e.g. _INBOX_acme.viewer")
     if args.command == "runner":
         _check_runner_args(parser, args)
+    if args.command == "broker" and (args.log_lines > args.log_lines_max or args.log_bytes > args.log_bytes_max):
+        parser.error("--log-lines and --log-bytes (the defaults) may not be over --log-lines-max and --log-bytes-max")
     if args.command == "store" and args.retain_days is not None and args.retain_days <= 0:
         parser.error("--retain-days must be more than 0")
     if args.command == "scheduler" and args.name is not None and not re.match(ID_PATTERN, args.name):
@@ -197,8 +229,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "server":
         await supervisor.run_server(args.data_dir, args.port, args.host)
     elif args.command == "broker":
+        log_limits_ = LogLimits(default_lines=args.log_lines, max_lines=args.log_lines_max,
+                                default_bytes=args.log_bytes, max_bytes=args.log_bytes_max)
         await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas,
-                                    supervisor.metrics_address(args))
+                                    supervisor.metrics_address(args), log_limits_)
     elif args.command == "runner":
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args, supervisor.metrics_address(args))
     elif args.command == "scheduler":

@@ -27,6 +27,8 @@ from broker.metrics import DEFAULT_HOST, Exporter, Metrics
 from broker.server import EmbeddedServer, ServerError
 from broker.service import ControlPlane
 from batchdeck import demo, output
+from broker.types import LogLimits
+from runner.log_limits import Rate
 from runner.service import RunnerService
 from scheduler.service import SchedulerService
 from notifier.service import NotifierService, NotifierSettings
@@ -97,11 +99,12 @@ def _report_drift(drift: list[str]) -> None:
         output.errors.print(f"[yellow]warning:[/yellow] {line}", highlight=False)
 
 
-async def run_broker(options: ConnectOptions, replicas: int, metrics: MetricsAddress | None = None) -> None:
+async def run_broker(options: ConnectOptions, replicas: int, metrics: MetricsAddress | None = None,
+                     log_limits: LogLimits = LogLimits()) -> None:
     """`batchdeck broker`: one control-plane instance against any NATS server."""
     with exporting(metrics) as expose:
         nc = await connect(options, service=True)
-        plane = ControlPlane(nc, nc.jetstream())
+        plane = ControlPlane(nc, nc.jetstream(), log_limits)
         expose(plane.metrics)
         try:
             _report_drift(await plane.start(replicas=replicas))
@@ -119,6 +122,7 @@ async def run_runner(options: ConnectOptions, args, metrics: MetricsAddress | No
         runner = RunnerService(
             nc, org=args.org, pools=args.pools, concurrency=args.concurrency, name=args.name, ack_wait=args.ack_wait,
             grace=args.grace, drain_timeout=args.drain_timeout, pass_env=args.pass_env,
+            log_rate=Rate(args.log_rate_lines, args.log_rate_bytes),
         )
         expose(runner.metrics)
         try:

@@ -35,6 +35,7 @@ from broker.types import (
     DefinitionEvent,
     GetRequest,
     ListRequest,
+    LogLimits,
     ModuleInfo,
     Page,
     Task,
@@ -89,15 +90,20 @@ async def _no_modules(org: str) -> list[ModuleInfo]:
 
 
 class Definitions:
-    def __init__(self, js: JetStreamContext, buckets: Buckets) -> None:
+    def __init__(self, js: JetStreamContext, buckets: Buckets, log_limits: LogLimits = LogLimits()) -> None:
         self.js = js
         self.buckets = buckets
+        self.log_limits = log_limits
         # The modules live runners advertise (set by the service; none by default).
         self.module_catalog: Callable[[str], Awaitable[list[ModuleInfo]]] = _no_modules
 
     async def _check_module(self, org: str, spec: TaskSpec) -> None:
         """A module task's params must fit the module's schema, when a live runner
-        advertises the module (an unknown module is accepted: its runner may come later)."""
+        advertises the module (an unknown module is accepted: its runner may come later).
+        Its log quota may not pass the control plane's maximum."""
+        if (problem := self.log_limits.problem(spec)) is not None:
+            raise BadRequest(problem, {"log_max_lines": self.log_limits.max_lines,
+                                       "log_max_bytes": self.log_limits.max_bytes})
         if spec.kind != "module":
             return
         for info in await self.module_catalog(org):

@@ -53,6 +53,7 @@ from broker.types import (
     Page,
     RunCommand,
     Runner,
+    Task,
     TaskStartRequest,
     Trigger,
 )
@@ -102,7 +103,7 @@ class Executions:
             return {"execution_id": done.id, "duplicate": True}
         task = await self.definitions.load_task(org, request.id)
         params = overrides.start_params(task, request.params)
-        snapshot = msgspec.structs.replace(task, params={**task.params, **params}, state={})
+        snapshot = self._snapshot(task, {**task.params, **params})
         overrides.check_program(snapshot)
         execution = Execution(
             id=execution_id,
@@ -133,6 +134,13 @@ class Executions:
         reply = {"execution_id": execution.id, "trigger_id": trigger.trigger_id}
         return reply if key is None else {**reply, "duplicate": not created}
 
+    def _snapshot(self, task: Task, params: dict[str, Any]) -> Task:
+        """The task as a run takes it: these params, no runtime state, its log quota resolved
+        (the runner keeps what the control plane decided, whatever its own defaults)."""
+        limits = self.definitions.log_limits
+        return msgspec.structs.replace(task, params=params, state={}, log_max_lines=limits.lines(task),
+                                       log_max_bytes=limits.bytes(task))
+
     async def _started_before(self, org: str, execution_id: str) -> Execution | None:
         """The execution a start made before, unless its run may still need enqueueing
         (then the start goes through again, to its `_enqueue`)."""
@@ -155,10 +163,8 @@ class Executions:
         if not batch.is_enabled and not manual:
             raise Conflict(f"batch {batch.id!r} is disabled; triggers are ignored until it is enabled")
         tasks = await asyncio.gather(*(self.definitions.load_task(org, a.task_id) for a in batch.actions))
-        snapshots = [
-            msgspec.structs.replace(task, params={**task.params, **action.params}, state={})
-            for task, action in zip(tasks, batch.actions, strict=True)
-        ]
+        snapshots = [self._snapshot(task, {**task.params, **action.params})
+                     for task, action in zip(tasks, batch.actions, strict=True)]
         for snapshot in snapshots:
             overrides.check_program(snapshot)
         execution = Execution(

@@ -25,7 +25,7 @@ from broker.executions import Executions
 from broker.metrics import Metrics
 from broker.refusals import Refusals
 from broker.tasks import cancel_and_wait
-from broker.types import Trigger
+from broker.types import LogLimits, Trigger
 
 log = logging.getLogger("batchdeck.broker")
 
@@ -47,9 +47,10 @@ class TriggerCounters:
 class ControlPlane:
     """The API endpoints of one broker instance."""
 
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, log_limits: LogLimits = LogLimits()) -> None:
         self.nc = nc
         self.js = js
+        self.log_limits = log_limits
         self.api = Endpoints(nc)
         self._trigger_loop: asyncio.Task[None] | None = None
         self._trigger_sub: Any = None
@@ -78,7 +79,7 @@ class ControlPlane:
         triggers. Returns the provisioning drift report."""
         drift = await streams.provision(self.js, replicas=replicas)
         buckets = await open_buckets(self.js, leader_on_miss=True)  # the API finds what it has just written
-        self.definitions = Definitions(self.js, buckets)
+        self.definitions = Definitions(self.js, buckets, self.log_limits)
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)
         self.definitions.module_catalog = self.executions.module_catalog
         await self.api.start(subjects.SERVICE_NAME, "batchdeck control plane: tasks, batches, executions",

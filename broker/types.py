@@ -217,6 +217,11 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
     notify: Notify | None = None
     overridable: Annotated[list[StartParam], Meta(max_length=100)] = []
     """The params a start may set; a start that sets any other is refused (403)."""
+    log_max_lines: Annotated[int, Meta(ge=1)] | None = None
+    """Lines of each action's output kept (None: the control plane's default); past it
+    the process runs on, its lines are counted and dropped (`LogLimits`)."""
+    log_max_bytes: Annotated[int, Meta(ge=1024)] | None = None
+    """Bytes of each action's output kept, as `log_max_lines`."""
 
     def __post_init__(self) -> None:
         names = [param.name for param in self.overridable]
@@ -398,6 +403,9 @@ class Execution(Struct, kw_only=True):
     cancel_requested: bool = False
     trace: bool = True
     deadline: Timestamp | None = None
+    log_dropped_lines: int = 0
+    """Lines of output past the actions' log quotas: counted, not kept (the log says so too)."""
+    log_dropped_bytes: int = 0
     version: int = 0
 
     @property
@@ -572,6 +580,33 @@ class Runner(Struct, kw_only=True):
     heartbeat_at: Timestamp | None = None
     alive: bool | None = None
     """Computed by runner.list: a heartbeat within RUNNER_ALIVE_SECONDS (null as stored)."""
+
+
+MiB = 1024 * 1024
+
+
+class LogLimits(Struct, kw_only=True, frozen=True):
+    """How much of an action's output is kept: the default for tasks that do not say, and
+    the most a task may ask for (the control plane's settings, `batchdeck broker --log-…`)."""
+
+    default_lines: int = 100_000
+    max_lines: int = 1_000_000
+    default_bytes: int = 64 * MiB
+    max_bytes: int = 1024 * MiB
+
+    def problem(self, task: TaskSpec) -> str | None:
+        """Why the task asks for more than the maximum (None when it does not)."""
+        if task.log_max_lines is not None and task.log_max_lines > self.max_lines:
+            return f"`log_max_lines` is {task.log_max_lines}; at most {self.max_lines}"
+        if task.log_max_bytes is not None and task.log_max_bytes > self.max_bytes:
+            return f"`log_max_bytes` is {task.log_max_bytes}; at most {self.max_bytes}"
+        return None
+
+    def lines(self, task: TaskSpec) -> int:
+        return min(task.log_max_lines or self.default_lines, self.max_lines)
+
+    def bytes(self, task: TaskSpec) -> int:
+        return min(task.log_max_bytes or self.default_bytes, self.max_bytes)
 
 
 RUNNER_ALIVE_SECONDS = 15.0

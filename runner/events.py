@@ -1,10 +1,12 @@
 """The live events of one execution on BD_EVENTS: log lines, progress, state.
 
 Log lines get `idx` from 1, gap-free per execution (a later attempt continues after the
-last line stored). They go through a bounded queue to one flusher that pipelines
-publishes in chunks and awaits their acks together, so a chatty task costs few round
-trips; when the queue is full, `log()` waits, the pipe fills and the task's writes
-block: memory stays bounded and no line is dropped. Every log message carries
+last line stored). Each action's output is kept up to its quota, and all runs of a runner
+share one rate (runner.log_limits): a line past the quota gets no idx and is only
+counted. Kept lines go through a bounded queue to one flusher that pipelines publishes
+in chunks and awaits their acks together, so a chatty task costs few round trips; when
+the queue is full or the rate spent, `log()` waits, the pipe fills and the task's writes
+block: memory stays bounded and no kept line is dropped. Every log message carries
 `Nats-Msg-Id: {org}.{execution_id}.{nonce}.log.{idx}`, so a retried publish is never
 stored twice. The nonce is random per attempt: BD_EVENTS de-duplicates by id across
 every subject, and a runner of another org, which publishes into the same stream, must
@@ -27,6 +29,7 @@ from nats.js.errors import NotFoundError
 from broker import codec, streams, subjects
 from broker.timestamps import now_iso
 from broker.types import Execution, LogLine, Progress
+from runner.log_limits import Quota, Rate
 
 log = logging.getLogger("batchdeck.runner")
 
@@ -57,8 +60,12 @@ def cut(text: str) -> str:
 class EventStream:
     """Publishes the events of one execution; `await close()` flushes everything."""
 
-    def __init__(self, js: JetStreamContext, org: str, execution_id: str, trace: bool) -> None:
+    def __init__(self, js: JetStreamContext, org: str, execution_id: str, trace: bool,
+                 rate: Rate | None = None) -> None:
         self.js = js
+        self.quota = Quota()
+        """The current action's allowance (set by the executor when an action begins)."""
+        self.rate = rate
         self.org = org
         self.execution_id = execution_id
         self.headers = None if trace else {subjects.TRACE_HEADER: "false"}
@@ -83,8 +90,17 @@ class EventStream:
         return int(codec.decode(msg.data, dict[str, Any]).get("idx", 0))
 
     async def log(self, text: str, stream: str = "stdout", action_index: int | None = None,
-                  level: str | None = None) -> None:
-        """Queue one line (waits while the queue is full)."""
+                  level: str | None = None) -> bool:
+        """Queue one line (waits while the queue is full, or the runner's rate is spent);
+        False when the action's quota dropped it instead. The runner's own lines are not
+        counted against the quota."""
+        msg = cut(text)
+        if stream != "runner":
+            size = len(msg.encode())
+            if not self.quota.admit(size):
+                return False
+            if self.rate is not None:
+                await self.rate.take(size)
         if self.next_idx is None:
             # Continue after the last line this execution already has (an earlier
             # attempt's); asked only by runs that log at all, once (stdout and stderr
@@ -94,11 +110,12 @@ class EventStream:
                     self.next_idx = await self._last_idx() + 1
         line = LogLine(
             idx=self.next_idx, ts=now_iso(), level=level or level_of(text, stream), stream=stream,  # type: ignore[arg-type]
-            action_index=action_index, msg=cut(text), execution_id=self.execution_id,
+            action_index=action_index, msg=msg, execution_id=self.execution_id,
         )
         self.next_idx += 1
         self._drained.clear()
         await self._queue.put(line)
+        return True
 
     async def progress(self, percent: float | None, text: str | None) -> None:
         event = Progress(execution_id=self.execution_id, percent=percent, text=text, ts=now_iso())

@@ -22,8 +22,9 @@ from broker.buckets import Buckets
 from broker.records import VersionConflict
 from broker.timestamps import now_iso, parse_iso
 from broker.types import ActionState, Execution, RunCommand, Task, TaskRuntime
-from runner import templates
+from runner import log_limits, templates
 from runner.events import EventStream
+from runner.log_limits import Quota
 from runner.modules import Module, ModuleContext, validate_params
 from runner.process import run_process
 from runner.starts import StartCounter
@@ -167,6 +168,9 @@ class RunExecutor:
 
     async def _run_action(self, index: int, task: Task) -> Outcome:
         action = self.execution.actions[index]
+        # One quota for the action, whatever its tries (runner.log_limits).
+        self.events.quota = Quota(task.log_max_lines or log_limits.DEFAULT_LINES,
+                                  task.log_max_bytes or log_limits.DEFAULT_BYTES)
         attempts = 0
         while True:
             attempts += 1
@@ -192,6 +196,11 @@ class RunExecutor:
                 outcome = Outcome("canceled", outcome.exit_code, error="canceled while waiting to retry")
                 action.status, action.error = outcome.status, outcome.error
                 break
+        quota = self.events.quota
+        if quota.dropped_lines:
+            self.execution.log_dropped_lines += quota.dropped_lines
+            self.execution.log_dropped_bytes += quota.dropped_bytes
+            await self._runner_line(quota.marker(), "warning", index)
         if outcome.status != "succeeded" and outcome.error and not self.run.handback:
             await self._runner_line(f"action {index} {outcome.status}: {outcome.error}", "error", index)
         if index < len(self.run.command.tasks) - 1:

@@ -40,6 +40,7 @@ from broker.timestamps import now_iso
 from broker.types import Execution, RunCommand, Runner
 from runner.environment import base_environment
 from runner.events import EventStream
+from runner.log_limits import Rate
 from runner.execution import ActiveRun, FinishedElsewhere, Outcome, RunEnvironment, RunExecutor, deadline_passed
 from runner.modules import load_modules
 from runner.starts import StartCounter
@@ -67,6 +68,7 @@ class RunCounters:
     canceled: int = 0
     handed_back: int = 0
     log_lines: int = 0
+    log_lines_dropped: int = 0
 
 
 HOLDER_TIMEOUT = 1.0
@@ -119,6 +121,7 @@ class RunnerService:
         grace: float = DEFAULT_GRACE,
         drain_timeout: float = DEFAULT_DRAIN,
         pass_env: list[str] | None = None,
+        log_rate: Rate | None = None,
     ) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream()
@@ -130,6 +133,8 @@ class RunnerService:
         self.grace = grace
         self.drain_timeout = drain_timeout
         self.pass_env = list(pass_env or [])
+        self.log_rate = log_rate or Rate()
+        """Lines and bytes a second this runner publishes at most, over all its runs."""
         """Names of the runner's variables passed on to every task (besides runner.environment's)."""
         self.active: dict[str, ActiveRun] = {}
         self.started_at = now_iso()
@@ -154,6 +159,8 @@ class RunnerService:
         metrics.counter("runs_handed_back", "runs handed back to the queue at shutdown", lambda: counted.handed_back)
         metrics.gauge("runs_running", "runs held now", lambda: len(self.active))
         metrics.counter("log_lines_published", "log lines of runs published to BD_EVENTS", lambda: counted.log_lines)
+        metrics.counter("log_lines_dropped", "lines of output past their action's log quota: counted, not published",
+                        lambda: counted.log_lines_dropped)
         metrics.counter("messages_refused", "run commands of another org and control requests without an inbox "
                         "to answer on, dropped", self.refusals.total)
         metrics.connection(self.nc)
@@ -376,7 +383,7 @@ class RunnerService:
             await msg.nak(delay=self.ack_wait)
             return
         run = ActiveRun(command, execution)
-        events = _CountedEvents(self.counters, self.js, command.org, execution.id, execution.trace)
+        events = _CountedEvents(self.counters, self.js, command.org, execution.id, execution.trace, rate=self.log_rate)
         executor = RunExecutor(self.env, run, events)
         keepalive = asyncio.create_task(self._keep_claimed(msg))
         self.active[execution.id] = run
@@ -541,16 +548,20 @@ class RunnerService:
 
 
 class _CountedEvents(EventStream):
-    """An execution's events, counting its log lines for the runner's metrics (every
-    line taken is published: none is dropped)."""
+    """An execution's events, counting its log lines for the runner's metrics: those
+    published, and those past their action's quota."""
 
-    def __init__(self, counters: RunCounters, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, counters: RunCounters, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._counters = counters
 
-    async def log(self, *args: Any, **kwargs: Any) -> None:
-        await super().log(*args, **kwargs)
-        self._counters.log_lines += 1
+    async def log(self, *args: Any, **kwargs: Any) -> bool:
+        kept = await super().log(*args, **kwargs)
+        if kept:
+            self._counters.log_lines += 1
+        else:
+            self._counters.log_lines_dropped += 1
+        return kept
 
 
 def _deliveries(msg: Msg) -> int:

@@ -61,7 +61,7 @@ LOG_COLUMNS = ("org", "execution_id", "idx", "ts", "level", "stream", "action_in
 EXECUTION_COLUMNS = (
     "org", "id", "batch_id", "task_id", "name", "trigger_id", "source", "status", "attempt", "pool", "runner_id",
     "queued_at", "started_at", "finished_at", "duration_ms", "progress_percent", "progress_text", "result",
-    "error", "context", "version",
+    "error", "context", "version", "log_dropped_lines", "log_dropped_bytes",
 )
 ACTION_COLUMNS = ("org", "execution_id", "action_index", "task_id", "status", "exit_code", "started_at",
                   "finished_at", "duration_ms", "error")

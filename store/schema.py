@@ -40,6 +40,8 @@ TABLES = {
             error VARCHAR,
             context JSON,
             version BIGINT,
+            log_dropped_lines BIGINT,
+            log_dropped_bytes BIGINT,
             PRIMARY KEY (org, id)
         )""",
     "execution_actions": """
@@ -187,11 +189,20 @@ VIEWS = {
 QUERYABLE = frozenset(TABLES) | frozenset(VIEWS)
 
 
+ADDED_COLUMNS = {
+    "executions": (("log_dropped_lines", "BIGINT"), ("log_dropped_bytes", "BIGINT")),
+}
+"""Columns added after a table was first made: a file made before gets them when the store opens it."""
+
+
 def create(conn: duckdb.DuckDBPyConnection) -> None:
     """Create what is missing (idempotent)."""
     conn.execute("CREATE SCHEMA IF NOT EXISTS bd_history")
     for ddl in (*TABLES.values(), *INTERNAL.values()):
         conn.execute(ddl)
+    for table, columns in ADDED_COLUMNS.items():
+        for name, kind in columns:
+            conn.execute(f"ALTER TABLE bd_history.{table} ADD COLUMN IF NOT EXISTS {name} {kind}")
 
 
 def open_session(cursor: duckdb.DuckDBPyConnection, org: str | None) -> None:

@@ -22,6 +22,7 @@ from runner.templates import TemplateError, command_argv
 from broker.errors import ApiError
 from runner.modules import module
 from processes import processes_with, unique_sleep
+from expectations import expect_error
 from runner.service import consumer_name
 
 PRINT_ARGV = "import sys, json; print(json.dumps(sys.argv[1:]))"
@@ -692,3 +693,64 @@ async def test_two_runners_share_a_pool_and_run_everything_exactly_once(
         return (claim.num_pending, claim.num_ack_pending) == (0, 0)
 
     assert await eventually(all_acked, timeout=3.0), "runs left on the queue or unacked"
+
+
+# ---- log quotas and the runner's rate ---------------------------------------------------
+
+
+async def test_output_past_the_log_quota_is_counted_not_kept_and_the_process_runs_on(
+    runner_factory, make_task, start_task, wait_exec, exec_events, tmp_path
+):
+    await runner_factory()
+    done = tmp_path / "done"
+    task = await make_task(command=sh(f"for i in $(seq 1 500); do echo line $i; done; echo finished > {done}"),
+                           log_max_lines=20)
+
+    execution = await wait_exec(await start_task(task["id"]))
+
+    assert execution["status"] == "succeeded" and done.read_text() == "finished\n"
+    assert execution["log_dropped_lines"] == 480
+    assert execution["log_dropped_bytes"] == sum(len(f"line {i}") for i in range(21, 501))
+    lines = [e.data for e in await exec_events(execution["id"], "log")]
+    assert [line["msg"] for line in lines[:20]] == [f"line {i}" for i in range(1, 21)]
+    marker = lines[20]
+    assert len(lines) == 21 and marker["stream"] == "runner" and marker["level"] == "warning"
+    assert marker["msg"].startswith("log cut: 480 more line(s)") and "up to 20 lines" in marker["msg"]
+
+
+async def test_the_byte_quota_cuts_a_run_of_long_lines(runner_factory, make_task, start_task, wait_exec, exec_events):
+    await runner_factory()
+    task = await make_task(command=[sys.executable, "-c", "print(('x' * 1000 + '\\n') * 100, end='')"],
+                           log_max_bytes=10_000)
+
+    execution = await wait_exec(await start_task(task["id"]))
+
+    assert execution["status"] == "succeeded"
+    kept = [e.data for e in await exec_events(execution["id"], "log") if e.data["stream"] == "stdout"]
+    assert len(kept) == 10 and execution["log_dropped_lines"] == 90
+    assert execution["log_dropped_bytes"] == 90 * 1000
+
+
+async def test_a_task_may_not_ask_for_more_log_than_the_control_plane_allows(api):
+    error = await expect_error(400, api.call("task", "create", {"name": "chatty", "command": ["true"],
+                                                                "log_max_lines": 10_000_000}))
+    assert "`log_max_lines` is 10000000; at most 1000000" in error.message
+
+
+async def test_a_run_over_the_runners_rate_is_slowed_down_not_cut(
+    runner_factory, make_task, start_task, wait_exec, exec_events
+):
+    """The rate holds the process back (its pipe fills) instead of dropping lines."""
+    from runner.log_limits import Rate
+
+    runner = await runner_factory()
+    runner.log_rate = Rate(lines_per_second=200, bytes_per_second=0)
+    task = await make_task(command=sh("for i in $(seq 1 600); do echo $i; done"))
+
+    started = asyncio.get_running_loop().time()
+    execution = await wait_exec(await start_task(task["id"]), timeout=30)
+    took = asyncio.get_running_loop().time() - started
+
+    assert execution["status"] == "succeeded" and execution["log_dropped_lines"] == 0
+    assert len(await exec_events(execution["id"], "log")) == 600
+    assert took >= 1.5, f"600 lines at 200 a second (the first 200 at once) took {took:.2f} s"
