@@ -214,7 +214,8 @@ def render(orgs: list[Org], command: str) -> str:
         for subject in granted.services + granted.multi_reply:
             to = f", to: {_quoted(imported(subject))}" if subject.startswith(JS_API) else ""
             lines.append(f"      {{ service: {{ account: {SERVICE_ACCOUNT}, subject: {_quoted(subject)} }}{to} }}")
-        lines += [f"      {{ stream: {{ account: {SERVICE_ACCOUNT}, subject: {_quoted(s)} }} }}" for s in granted.streams]
+        lines += [f"      {{ stream: {{ account: {SERVICE_ACCOUNT}, subject: {_quoted(s)} }} }}"
+                  for s in granted.streams]
         lines += ["    ]", "    exports: ["]
         lines += [f"      {{ service: {_quoted(s)}, accounts: [{SERVICE_ACCOUNT}] }}" for s in granted.returned]
         lines += ["    ]", "  }"]
@@ -237,7 +238,8 @@ def _permission_block(name: str, rights: dict[str, object]) -> list[str]:
     lines.append("    ]")
     if rights.get("publish_deny"):
         lines.append("    deny: $JS_ADMIN")
-    lines += ["  }", f"  subscribe: {{ allow: [{', '.join(_quoted(s) for s in rights['subscribe'])}] }}"]  # type: ignore[union-attr]
+    subscribe = ", ".join(_quoted(s) for s in rights["subscribe"])  # type: ignore[union-attr]
+    lines += ["  }", f"  subscribe: {{ allow: [{subscribe}] }}"]
     if rights.get("allow_responses"):
         lines.append("  allow_responses: true")
     lines += ["}", ""]

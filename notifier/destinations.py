@@ -84,9 +84,11 @@ def is_public(address: Address) -> bool:
 def _kind(address: Address) -> str:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    for word, test in (("a loopback address", address.is_loopback), ("a link-local address (cloud metadata among "
-                       "them)", address.is_link_local), ("a private address", address.is_private),
-                       ("a multicast address", address.is_multicast), ("an unspecified address", address.is_unspecified)):
+    kinds = (("a loopback address", address.is_loopback),
+             ("a link-local address (cloud metadata among them)", address.is_link_local),
+             ("a private address", address.is_private), ("a multicast address", address.is_multicast),
+             ("an unspecified address", address.is_unspecified))
+    for word, test in kinds:
         if test:
             return word
     return "not a public address"

