@@ -19,6 +19,7 @@ from broker.client import ApiClient
 from broker.connect import ConnectOptions, connect, denials_of, is_valid_inbox_prefix
 from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
+from broker.streams import StreamLimits
 from broker.subjects import is_valid_org
 from batchdeck import commands, config, credentials, export, history, nats_config, notify_options, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN, LogLimits
@@ -85,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     broker.add_argument("--log-bytes", type=_positive, default=limits.default_bytes, metavar="BYTES",
                         help="bytes of each action's output kept when its task does not say "
                              f"(default {limits.default_bytes})")
+    bounds = StreamLimits()
+    broker.add_argument("--events-max-bytes", type=_positive, default=bounds.events_max_bytes, metavar="BYTES",
+                        help="BD_EVENTS' size when this broker creates it; past it the oldest events go "
+                             f"(default {bounds.events_max_bytes})")
+    broker.add_argument("--runs-max-bytes", type=_positive, default=bounds.runs_max_bytes, metavar="BYTES",
+                        help=f"BD_RUNS' size; past it starts are refused (default {bounds.runs_max_bytes})")
+    broker.add_argument("--runs-per-pool", type=_positive, default=bounds.runs_per_pool, metavar="N",
+                        help="runs one org's pool may have waiting; past it its starts are refused with 429 "
+                             f"(default {bounds.runs_per_pool})")
     broker.add_argument("--log-bytes-max", type=_positive, default=limits.max_bytes, metavar="BYTES",
                         help=f"the most bytes a task may ask to keep, log_max_bytes (default {limits.max_bytes})")
 
@@ -231,8 +241,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
     elif args.command == "broker":
         log_limits_ = LogLimits(default_lines=args.log_lines, max_lines=args.log_lines_max,
                                 default_bytes=args.log_bytes, max_bytes=args.log_bytes_max)
+        bounds = StreamLimits(events_max_bytes=args.events_max_bytes, runs_max_bytes=args.runs_max_bytes,
+                              runs_per_pool=args.runs_per_pool)
         await supervisor.run_broker(_connect_options(args, "batchdeck-broker"), args.replicas,
-                                    supervisor.metrics_address(args), log_limits_)
+                                    supervisor.metrics_address(args), log_limits_, bounds)
     elif args.command == "runner":
         await supervisor.run_runner(_connect_options(args, "batchdeck-runner"), args, supervisor.metrics_address(args))
     elif args.command == "scheduler":

@@ -100,11 +100,12 @@ def _report_drift(drift: list[str]) -> None:
 
 
 async def run_broker(options: ConnectOptions, replicas: int, metrics: MetricsAddress | None = None,
-                     log_limits: LogLimits = LogLimits()) -> None:
+                     log_limits: LogLimits = LogLimits(),
+                     stream_limits: streams.StreamLimits = streams.StreamLimits()) -> None:
     """`batchdeck broker`: one control-plane instance against any NATS server."""
     with exporting(metrics) as expose:
         nc = await connect(options, service=True)
-        plane = ControlPlane(nc, nc.jetstream(), log_limits)
+        plane = ControlPlane(nc, nc.jetstream(), log_limits, stream_limits)
         expose(plane.metrics)
         try:
             _report_drift(await plane.start(replicas=replicas))

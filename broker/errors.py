@@ -50,6 +50,12 @@ class Conflict(ApiError):
     code = 409
 
 
+class Busy(ApiError):
+    """Too much at once: this org's share is used up for now (try again later)."""
+
+    code = 429
+
+
 class Timeout(ApiError):
     """Nobody answered in time."""
 
@@ -67,7 +73,7 @@ class InternalError(ApiError):
 
 
 _BY_CODE: dict[int, type[ApiError]] = {
-    cls.code: cls for cls in (BadRequest, Forbidden, NotFound, Conflict, Timeout, Unavailable, InternalError)
+    cls.code: cls for cls in (BadRequest, Forbidden, NotFound, Conflict, Busy, Timeout, Unavailable, InternalError)
 }
 
 

@@ -28,12 +28,13 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import APIError
 
 from broker import codec, ids, overrides, stream_tail, streams, subjects
 from broker.buckets import Buckets
 from broker.client import reply_error
 from broker.definitions import Definitions
-from broker.errors import Conflict, NotFound, Unavailable
+from broker.errors import Busy, Conflict, NotFound, Unavailable
 from broker.query import field_names, page_of
 from broker.records import VersionConflict
 from broker.timestamps import now_iso, parse_iso, request_time
@@ -76,6 +77,10 @@ takes a few seconds) is tried again after these pauses, ENQUEUE_TRY_TIMEOUT each
 RESEND_MARGIN = 20.0
 """Seconds short of BD_RUNS' de-duplication window past which a start no longer sends
 the run of a `queued` execution again (clocks of broker and server may differ)."""
+
+
+class QueueFull(Exception):
+    """BD_RUNS refused the run: its org's pool has as many runs waiting as it may."""
 
 
 class EnqueueFailed(Unavailable):
@@ -287,6 +292,12 @@ class Executions:
             self._publish_state(execution),
             return_exceptions=True,
         )
+        if isinstance(enqueued, QueueFull):
+            execution.status, execution.error, execution.finished_at = "lost", str(enqueued), now_iso()
+            execution = await self.buckets.execs.put(org, execution.id, execution)
+            await self._publish_state(execution)
+            raise Busy(f"{enqueued}; try again when its runners have taken some", {"pool": execution.pool}) \
+                from enqueued
         if isinstance(enqueued, BaseException):
             execution.status, execution.error, execution.finished_at = "lost", f"could not enqueue: {enqueued}", now_iso()
             execution = await self.buckets.execs.put(org, execution.id, execution)
@@ -306,6 +317,14 @@ class Executions:
             try:
                 await self.js.publish(subject, data, headers=headers, timeout=ENQUEUE_TRY_TIMEOUT)
                 return
+            except APIError as err:
+                if getattr(err, "err_code", None) == streams.QUEUE_FULL:  # not a passing trouble: say so now
+                    raise QueueFull(f"pool {execution.pool!r} of org {execution.org!r} has as many runs waiting as "
+                                    "it may (BD_RUNS' limit per pool)") from err
+                if not isinstance(err, streams.JETSTREAM_UNAVAILABLE) or pause is None:
+                    raise
+                log.warning("run of %s not enqueued yet (%r); trying again in %g s", execution.id, err, pause)
+                await asyncio.sleep(pause)
             except streams.JETSTREAM_UNAVAILABLE as err:
                 if pause is None:
                     raise

@@ -47,10 +47,12 @@ class TriggerCounters:
 class ControlPlane:
     """The API endpoints of one broker instance."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, log_limits: LogLimits = LogLimits()) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, log_limits: LogLimits = LogLimits(),
+                 stream_limits: streams.StreamLimits = streams.StreamLimits()) -> None:
         self.nc = nc
         self.js = js
         self.log_limits = log_limits
+        self.stream_limits = stream_limits
         self.api = Endpoints(nc)
         self._trigger_loop: asyncio.Task[None] | None = None
         self._trigger_sub: Any = None
@@ -77,7 +79,7 @@ class ControlPlane:
     async def start(self, replicas: int = 1) -> list[str]:
         """Provision streams and buckets, register the endpoints, start consuming
         triggers. Returns the provisioning drift report."""
-        drift = await streams.provision(self.js, replicas=replicas)
+        drift = await streams.provision(self.js, replicas=replicas, limits=self.stream_limits)
         buckets = await open_buckets(self.js, leader_on_miss=True)  # the API finds what it has just written
         self.definitions = Definitions(self.js, buckets, self.log_limits)
         self.executions = Executions(self.nc, self.js, buckets, self.definitions)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import (APIError, BadRequestError, BucketNotFoundError, NoStreamResponseError, NotFoundError,
@@ -77,7 +77,27 @@ RUNS_DEDUP_WINDOW = 120.0
 """Seconds BD_RUNS remembers a run's `Nats-Msg-Id` ({org}.{execution_id}.{attempt})."""
 
 
-def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE) -> list[StreamConfig]:
+GiB = 1024 ** 3
+QUEUE_FULL = 10077
+"""The JetStream error code of a publish refused because its subject holds its maximum
+(`maximum messages per subject exceeded`): an org's pool has that many runs waiting."""
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """How large the streams may grow, and what happens at the bound (docs/operations.md,
+    Limits): runs and triggers are refused when full, never dropped; events past the
+    bound take the oldest events with them (the store reports what it could not read)."""
+
+    events_max_bytes: int = 4 * GiB
+    runs_max_bytes: int = 1 * GiB
+    runs_per_pool: int = 100_000
+    """Runs one org's pool may have waiting in BD_RUNS: one org cannot fill the queue of all."""
+    triggers_max_bytes: int = 256 * 1024 * 1024
+
+
+def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE,
+                   limits: StreamLimits = StreamLimits()) -> list[StreamConfig]:
     """The three streams as batchdeck wants them."""
     return [
         StreamConfig(
@@ -88,6 +108,10 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=RUNS_DEDUP_WINDOW,
+            max_bytes=limits.runs_max_bytes,
+            max_msgs_per_subject=limits.runs_per_pool,
+            discard=DiscardPolicy.NEW,
+            discard_new_per_subject=True,
         ),
         StreamConfig(
             name=TRIGGERS,
@@ -97,6 +121,8 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
             storage=StorageType.FILE,
             num_replicas=replicas,
             duplicate_window=TRIGGER_DEDUP_WINDOW,
+            max_bytes=limits.triggers_max_bytes,
+            discard=DiscardPolicy.NEW,
         ),
         StreamConfig(
             name=EVENTS,
@@ -106,6 +132,8 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
             storage=StorageType.FILE,
             num_replicas=replicas,
             max_age=events_max_age,
+            max_bytes=limits.events_max_bytes,
+            discard=DiscardPolicy.OLD,
             duplicate_window=120.0,
             # A runner reads the last log line of an execution it resumes with a direct get,
             # whose subject names the line's subject: a grant can confine it to its org.
@@ -114,7 +142,8 @@ def stream_configs(replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX
     ]
 
 
-_COMPARED = ("retention", "storage", "num_replicas", "max_age", "duplicate_window")
+_COMPARED = ("retention", "storage", "num_replicas", "max_age", "duplicate_window", "max_bytes",
+             "max_msgs_per_subject", "discard")
 
 
 def _stream_drift(want: StreamConfig, have: StreamConfig) -> list[str]:
@@ -125,9 +154,19 @@ def _stream_drift(want: StreamConfig, have: StreamConfig) -> list[str]:
         wanted, actual = getattr(want, name), getattr(have, name)
         if name in ("max_age", "duplicate_window"):
             wanted, actual = float(wanted or 0), float(actual or 0)
+        elif name in ("max_bytes", "max_msgs_per_subject"):
+            wanted, actual = _limit(wanted), _limit(actual)
+        elif name == "discard":
+            wanted, actual = DiscardPolicy(wanted or DiscardPolicy.OLD), DiscardPolicy(actual or DiscardPolicy.OLD)
         if wanted != actual:
-            drift.append(f"stream {want.name}: {name} is {actual}, batchdeck expects {wanted}")
+            drift.append(f"stream {want.name}: {name} is {actual}, batchdeck expects {wanted} "
+                         f"(`nats stream edit {want.name}` changes it)")
     return drift
+
+
+def _limit(value: int | None) -> int:
+    """A stream limit, "none" (absent, 0 or -1) as -1."""
+    return -1 if not value or value < 0 else value
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> list[str]:
@@ -255,13 +294,14 @@ async def wait_for_provisioning(js: JetStreamContext, log: logging.Logger) -> No
 
 
 async def provision(
-    js: JetStreamContext, replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE
+    js: JetStreamContext, replicas: int = 1, events_max_age: float = DEFAULT_EVENTS_MAX_AGE,
+    limits: StreamLimits = StreamLimits(),
 ) -> list[str]:
     """Create missing streams and buckets; return the drift of existing ones (empty when
     everything matches). Safe to run any number of times, from any number of processes."""
     await wait_for_jetstream(js)
     drift: list[str] = []
-    for config in stream_configs(replicas, events_max_age):
+    for config in stream_configs(replicas, events_max_age, limits):
         drift += await _placed(config.name, lambda config=config: _ensure_stream(js, config))
     for spec in BUCKETS:
         drift += await _placed(spec.name, lambda spec=spec: _ensure_bucket(js, spec, replicas))

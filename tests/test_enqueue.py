@@ -74,3 +74,29 @@ async def test_a_run_the_stream_never_takes_is_recorded_lost(stack, monkeypatch)
     items = await eventually(lost, 10, 0.1, "the execution listed")
     assert [(e["status"], e["error"][:18]) for e in items] == [("lost", "could not enqueue:")]
     await streams.provision(nc.jetstream())  # the stack's teardown expects its streams
+
+
+async def test_a_start_into_a_full_pool_is_refused_at_once_and_other_orgs_go_on(tmp_path: Path):
+    """One org's pool holds at most `runs_per_pool` waiting runs: past it a start answers
+    429 at once (no retries: a full queue is no passing trouble); other orgs are not held up."""
+    server = EmbeddedServer(tmp_path / "nats")
+    server.start()
+    nc = await nats.connect(server.url)
+    plane = ControlPlane(nc, nc.jetstream(), stream_limits=streams.StreamLimits(runs_per_pool=2))
+    await plane.start()
+    try:
+        api, other = ApiClient(nc, ORG), ApiClient(nc, "elsewhere")
+        task = await api.call("task", "create", {"name": "t", "command": ["true"]})
+        waiting = [(await api.call("task", "start", {"id": task["id"]}))["execution_id"] for _ in range(2)]
+        err = await expect_error(429, api.call("task", "start", {"id": task["id"]}))
+        assert "pool 'default' of org 'enqueue' has as many runs waiting as it may" in err.message
+        assert err.details == {"pool": "default"}
+        page = await api.call("exec", "list", {"filter": {"task_id": task["id"]}})
+        assert sorted(e["status"] for e in page["items"]) == ["lost", "queued", "queued"]
+        assert {e["id"] for e in page["items"] if e["status"] == "queued"} == set(waiting)
+        theirs = await other.call("task", "create", {"name": "t", "command": ["true"]})
+        await other.call("task", "start", {"id": theirs["id"]})
+    finally:
+        await plane.stop()
+        await nc.close()
+        server.stop()

@@ -3,13 +3,16 @@ embedded nats-server (start, stop, restart on the same data directory)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import socket
 from collections.abc import AsyncIterator
 
 import nats
 import pytest
 import pytest_asyncio
-from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType
+from nats.js.errors import APIError
 
 from broker import streams
 from broker.server import EmbeddedServer, ServerError
@@ -80,18 +83,10 @@ async def test_provision_creates_everything_then_is_idempotent(fresh_nc):
 
 async def test_drifted_streams_are_reported_and_left_alone(fresh_nc):
     js = fresh_nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name=streams.EVENTS, subjects=["bd.*.evt.>"], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, max_age=3600.0, duplicate_window=120.0,
-        )
-    )
-    await js.add_stream(
-        StreamConfig(
-            name=streams.RUNS, subjects=["bd.*.run.*"], retention=RetentionPolicy.LIMITS,
-            storage=StorageType.FILE, duplicate_window=120.0,
-        )
-    )
+    wanted = {config.name: config for config in streams.stream_configs()}
+    # As batchdeck would make them, but for one setting each; and BD_EVENTS without direct gets.
+    await js.add_stream(dataclasses.replace(wanted[streams.EVENTS], max_age=3600.0, allow_direct=False))
+    await js.add_stream(dataclasses.replace(wanted[streams.RUNS], retention=RetentionPolicy.LIMITS))
 
     drift = await streams.provision(js)
     events_lines = [line for line in drift if streams.EVENTS in line]
@@ -118,12 +113,8 @@ async def test_drifted_streams_are_reported_and_left_alone(fresh_nc):
 
 async def test_drifted_subjects_are_reported(fresh_nc):
     js = fresh_nc.jetstream()
-    await js.add_stream(
-        StreamConfig(
-            name=streams.TRIGGERS, subjects=["bd.*.trigger.>"], retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE, duplicate_window=streams.TRIGGER_DEDUP_WINDOW,
-        )
-    )
+    wanted = next(c for c in streams.stream_configs() if c.name == streams.TRIGGERS)
+    await js.add_stream(dataclasses.replace(wanted, subjects=["bd.*.trigger.>"]))
     drift = await streams.provision(js)
     assert len(drift) == 1 and streams.TRIGGERS in drift[0] and "subjects" in drift[0], drift
     assert (await js.stream_info(streams.TRIGGERS)).config.subjects == ["bd.*.trigger.>"]
@@ -136,6 +127,24 @@ async def test_drifted_bucket_is_reported_and_left_alone(fresh_nc):
     assert len(drift) == 1, drift
     assert streams.TASKS_BUCKET in drift[0] and "history" in drift[0]
     assert (await js.stream_info(f"KV_{streams.TASKS_BUCKET}")).config.max_msgs_per_subject == 3
+
+
+async def test_the_streams_are_bounded_and_say_what_goes_at_the_bound(fresh_nc):
+    js = fresh_nc.jetstream()
+    limits = streams.StreamLimits(events_max_bytes=10 * 2 ** 20, runs_max_bytes=2 ** 20, runs_per_pool=3)
+    assert await streams.provision(js, limits=limits) == []
+    events, runs = (await js.stream_info(streams.EVENTS)).config, (await js.stream_info(streams.RUNS)).config
+    assert events.max_bytes == 10 * 2 ** 20 and events.discard == DiscardPolicy.OLD  # the oldest events go
+    assert runs.max_bytes == 2 ** 20 and runs.discard == DiscardPolicy.NEW  # a run is refused, never dropped
+    assert runs.max_msgs_per_subject == 3 and runs.discard_new_per_subject  # one org's pool cannot fill it
+    for n in range(3):
+        await js.publish("bd.acme.run.default", b"{}")
+    with pytest.raises(APIError) as full:
+        await js.publish("bd.acme.run.default", b"{}")
+    assert full.value.err_code == streams.QUEUE_FULL
+    await js.publish("bd.other.run.default", b"{}")  # another org's pool still takes runs
+    drift = await streams.provision(js)  # the defaults differ from what this server has: said
+    assert {line.split(":")[0] for line in drift} == {f"stream {streams.EVENTS}", f"stream {streams.RUNS}"}
 
 
 async def test_provision_with_another_events_max_age_reports_drift(fresh_nc):
