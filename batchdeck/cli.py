@@ -77,26 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     broker = sub.add_parser("broker", parents=[common, metrics], help="run a control-plane service instance")
     broker.add_argument("--replicas", type=int, default=1, help="stream replicas when provisioning (3 on a cluster)")
-    limits = LogLimits()
-    broker.add_argument("--log-lines", type=_positive, default=limits.default_lines, metavar="N",
-                        help="lines of each action's output kept when its task does not say "
-                             f"(default {limits.default_lines})")
-    broker.add_argument("--log-lines-max", type=_positive, default=limits.max_lines, metavar="N",
-                        help=f"the most lines a task may ask to keep, log_max_lines (default {limits.max_lines})")
-    broker.add_argument("--log-bytes", type=_positive, default=limits.default_bytes, metavar="BYTES",
-                        help="bytes of each action's output kept when its task does not say "
-                             f"(default {limits.default_bytes})")
-    bounds = StreamLimits()
-    broker.add_argument("--events-max-bytes", type=_positive, default=bounds.events_max_bytes, metavar="BYTES",
-                        help="BD_EVENTS' size when this broker creates it; past it the oldest events go "
-                             f"(default {bounds.events_max_bytes})")
-    broker.add_argument("--runs-max-bytes", type=_positive, default=bounds.runs_max_bytes, metavar="BYTES",
-                        help=f"BD_RUNS' size; past it starts are refused (default {bounds.runs_max_bytes})")
-    broker.add_argument("--runs-per-pool", type=_positive, default=bounds.runs_per_pool, metavar="N",
-                        help="runs one org's pool may have waiting; past it its starts are refused with 429 "
-                             f"(default {bounds.runs_per_pool})")
-    broker.add_argument("--log-bytes-max", type=_positive, default=limits.max_bytes, metavar="BYTES",
-                        help=f"the most bytes a task may ask to keep, log_max_bytes (default {limits.max_bytes})")
+    limits, bounds = LogLimits(), StreamLimits()
+    for flag, default, metavar, meaning in (
+        ("--log-lines", limits.default_lines, "N", "lines of each action's output kept when its task does not say"),
+        ("--log-lines-max", limits.max_lines, "N", "the most lines a task may ask to keep (log_max_lines)"),
+        ("--log-bytes", limits.default_bytes, "BYTES", "bytes of each action's output kept when its task does not say"),
+        ("--log-bytes-max", limits.max_bytes, "BYTES", "the most bytes a task may ask to keep (log_max_bytes)"),
+        ("--events-max-bytes", bounds.events_max_bytes, "BYTES",
+         "BD_EVENTS' size when this broker creates it; past it the oldest events go"),
+        ("--runs-max-bytes", bounds.runs_max_bytes, "BYTES", "BD_RUNS' size; past it starts are refused"),
+        ("--runs-per-pool", bounds.runs_per_pool, "N", "runs one org's pool may have waiting; past it its starts "
+         "are refused with 429"),
+    ):
+        broker.add_argument(flag, type=_positive, default=default, metavar=metavar, help=f"{meaning} (default {default})")
 
     runner = sub.add_parser("runner", parents=[common, metrics], help="run a runner: claims and executes runs of its pools")
     runner.add_argument("--pool", action="append", dest="pools", metavar="NAME", help="a pool to serve; repeat (default: default)")
