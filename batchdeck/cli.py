@@ -20,6 +20,7 @@ from broker.connect import ConnectOptions, connect, denials_of, is_valid_inbox_p
 from broker.errors import ApiError, Forbidden
 from broker.server import ServerError
 from broker.streams import StreamLimits
+from store.limits import StoreLimits
 from broker.subjects import is_valid_org
 from batchdeck import commands, config, credentials, export, history, nats_config, notify_options, output, supervisor
 from broker.types import ID_PATTERN, POOL_PATTERN, LogLimits
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--runs-per-pool", bounds.runs_per_pool, "N", "runs one org's pool may have waiting; past it its starts "
          "are refused with 429"),
     ):
-        broker.add_argument(flag, type=_positive, default=default, metavar=metavar, help=f"{meaning} (default {default})")
+        broker.add_argument(flag, type=_positive, default=default, metavar=metavar,
+                            help=f"{meaning} (default {default})")
 
     runner = sub.add_parser("runner", parents=[common, metrics], help="run a runner: claims and executes runs of its pools")
     runner.add_argument("--pool", action="append", dest="pools", metavar="NAME", help="a pool to serve; repeat (default: default)")
@@ -117,6 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--db", type=Path, required=True, metavar="PATH", help="the DuckDB history file")
     store.add_argument("--retain-days", type=float, default=None, metavar="N",
                        help="remove history older than N days (checked hourly; default: keep everything)")
+    kept = StoreLimits()
+    for flag, default, metavar, meaning in (
+        ("--memory-limit", kept.memory_limit, "BYTES", "memory the history database may use in all"),
+        ("--query-memory", kept.query_memory, "BYTES", "memory one query's sorts and hash tables may use before "
+         "they spill to disk"),
+        ("--sql-per-org", kept.sql_per_org, "N", "history.sql queries one org may have running or waiting; more "
+         "are answered 429"),
+        ("--sql-threads", kept.sql_threads, "N", "history.sql queries running at once, all orgs together"),
+    ):
+        store.add_argument(flag, type=_positive, default=default, metavar=metavar,
+                           help=f"{meaning} (default {default})")
+    store.add_argument("--sql-timeout", type=float, default=kept.sql_timeout, metavar="SECONDS",
+                       help=f"a query's time limit from its request's arrival (default {kept.sql_timeout:g})")
 
     notifier = sub.add_parser("notifier", parents=[common, metrics],
                               help="run a notifier: email and webhooks when runs end, as the notify rules say")
@@ -185,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--log-lines and --log-bytes (the defaults) may not be over --log-lines-max and --log-bytes-max")
     if args.command == "store" and args.retain_days is not None and args.retain_days <= 0:
         parser.error("--retain-days must be more than 0")
+    if args.command == "store" and args.sql_timeout <= 0:
+        parser.error("--sql-timeout must be more than 0")
     if args.command == "scheduler" and args.name is not None and not re.match(ID_PATTERN, args.name):
         parser.error("--name takes 1-64 letters, digits, '_' or '-'")
     if args.command in ("up", "notifier"):
@@ -251,8 +268,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         await run_dashboard(_connect_options(args, "batchdeck-tui"), args.org)
     elif args.command == "store":
+        limits_ = StoreLimits(memory_limit=args.memory_limit, query_memory=args.query_memory,
+                              sql_per_org=args.sql_per_org, sql_threads=args.sql_threads, sql_timeout=args.sql_timeout)
         await supervisor.run_store(_connect_options(args, "batchdeck-store"), args.db, args.retain_days,
-                                   supervisor.metrics_address(args))
+                                   supervisor.metrics_address(args), limits_)
     else:
         nc = await _client_connection(args)
         started = time.monotonic()

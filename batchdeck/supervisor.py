@@ -32,6 +32,7 @@ from runner.log_limits import Rate
 from runner.service import RunnerService
 from scheduler.service import SchedulerService
 from notifier.service import NotifierService, NotifierSettings
+from store.limits import StoreLimits
 from store.service import StoreService
 
 log = logging.getLogger("batchdeck")
@@ -149,11 +150,11 @@ async def run_scheduler(options: ConnectOptions, name: str | None, metrics: Metr
 
 
 async def run_store(options: ConnectOptions, db: Path, retain_days: float | None,
-                    metrics: MetricsAddress | None = None) -> None:
+                    metrics: MetricsAddress | None = None, limits: StoreLimits = StoreLimits()) -> None:
     """`batchdeck store`: ingest events into the history file and answer the history API."""
     with exporting(metrics) as expose:
         nc = await connect(options, service=True)
-        store = StoreService(nc, db, retain_days)
+        store = StoreService(nc, db, retain_days, limits)
         expose(store.metrics)
         try:
             await store.start()

@@ -77,15 +77,23 @@ TIME_COLUMNS = frozenset({"ts", "queued_at", "started_at", "finished_at", "sched
 
 
 class History:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, memory_limit: int | None = None, temp_limit: int | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # The store needs no files but its own, no network and no extensions: history.sql
-        # runs on this database, so nothing a query names can reach outside it.
-        self.conn = duckdb.connect(str(path), config={
-            "enable_external_access": False,
+        # runs on this database, so nothing a query names can reach outside it. Its memory
+        # is bounded (store.limits); what sorts and joins spill goes beside the file.
+        config: dict[str, Any] = {
             "autoinstall_known_extensions": False,
             "autoload_known_extensions": False,
-        })
+            "temp_directory": f"{path}.tmp",
+        }
+        if memory_limit is not None:
+            config["memory_limit"] = f"{memory_limit // (1024 * 1024)}MB"
+        if temp_limit is not None:
+            config["max_temp_directory_size"] = f"{temp_limit // (1024 * 1024)}MB"
+        self.conn = duckdb.connect(str(path), config=config)
+        # Off once the spill directory is set (DuckDB refuses to set one after): for good.
+        self.conn.execute("SET enable_external_access = false")
         self.conn.execute("SET TimeZone = 'UTC'")
         schema.create(self.conn)
         self._write_lock = threading.Lock()

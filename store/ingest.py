@@ -25,6 +25,7 @@ import contextlib
 import functools
 import logging
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 import msgspec
@@ -65,11 +66,15 @@ _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class Ingest:
-    def __init__(self, nc: Client, history: History, fetch: int = FETCH) -> None:
+    def __init__(self, nc: Client, history: History, fetch: int = FETCH, writer: Executor | None = None) -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream() if nc is not None else None
         self.history = history
         self.fetch = fetch
+        self.writer = writer
+        """Where the history's writes run (a thread of their own: queries never wait for one, nor delay one)."""
+        self.lost = 0
+        """Events that left BD_EVENTS (its size or age limit, a purge) before the store read them."""
         self.committed = 0
         self.taken = 0
         """The last sequence handed to a write: committed, or being written."""
@@ -112,7 +117,7 @@ class Ingest:
                 await asyncio.sleep(1.0)
 
     async def _consume(self) -> None:
-        self.committed = self.taken = await asyncio.to_thread(self.history.committed_seq)
+        self.committed = self.taken = await self._in_writer(self.history.committed_seq)
         await self._reset_consumer(self.committed + 1)
         puller = self.puller = Puller(self.nc, streams.EVENTS, CONSUMER, self.fetch)
         await puller.start()
@@ -144,11 +149,21 @@ class Ingest:
     async def _write(self, batch: Batch | None, last: RawMessage) -> None:
         """Commit the batch, if any, then ack up to its last message."""
         if batch is not None:
-            await asyncio.to_thread(self.history.write, batch)
+            await self._in_writer(self.history.write, batch)
             self.committed = batch.last_seq
             self.events += batch.events
             self._note_lag()
         await self.puller.ack(last)
+
+    async def _in_writer(self, work: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.writer, work, *args)
+
+    def _missed(self, first: int, last: int, why: str) -> None:
+        """Events `first`..`last` will never be in the history: said, and counted."""
+        count = last - first + 1
+        self.lost += count
+        log.warning("events %d-%d (%d) left %s before the store read them (%s): the history lacks them",
+                    first, last, count, streams.EVENTS, why)
 
     async def _reset_consumer(self, start: int) -> None:
         info = await self.js.stream_info(streams.EVENTS)
@@ -160,10 +175,10 @@ class Ingest:
             start = info.state.first_seq
         if start < info.state.first_seq:
             if self.committed:
-                log.warning("events %d-%d expired from %s before the store read them", start,
-                            info.state.first_seq - 1, streams.EVENTS)
+                self._missed(start, info.state.first_seq - 1, "its size or age limit")
             start = info.state.first_seq
         self._unreadable_through = start - 1
+        self.taken = max(self.taken, start - 1)  # what is before `start` is written, or reported missing
         self._note_lag()
         try:
             await self.js.delete_consumer(streams.EVENTS, CONSUMER)
@@ -183,6 +198,11 @@ class Ingest:
         # look at each.
         if first <= self.taken:
             messages = [m for m in messages if _stream_seq(m) > self.taken]
+        elif first > self.taken + 1 and self.taken:
+            # The consumer reads every subject of the stream: a jump in sequence is events
+            # that were removed before they were read (the stream's bytes limit let the
+            # oldest go while the store was behind).
+            self._missed(self.taken + 1, first - 1, "its size or age limit, or a purge")
         lines = _Lines()
         for message in messages:
             if TRACE_HEADER in message[HEADERS] and header(message, TRACE_HEADER) == TRACE_OFF:

@@ -7,6 +7,12 @@ of a pull request arrive as tuples of bytes, every message of a socket read at o
 (`store.raw_inbox`). `ahead` requests are kept open while a batch is written: the
 server sends the next batches meanwhile instead of waiting for the store's next
 request, so reading and writing overlap (the consumer allows 4 waiting requests).
+
+Every request is bounded in bytes as well as in messages (`max_bytes`): a batch of very
+long lines must not pile up more than the server lets a client have pending (64 MiB),
+or it cuts the connection as a slow consumer. A request the server stops answering (the
+connection was cut and came back, the consumer was recreated) fails the pull after
+STALL_SECONDS: the ingest then starts over from its committed sequence.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from store.raw_inbox import REPLY, RawMessage, RawSubscription, status
 
 
 ACK_PREFIX = b"$JS.ACK."
+MAX_BYTES = 8 * 1024 * 1024
+"""Bytes one pull request may bring at most (at least two of the largest messages)."""
+STALL_SECONDS = 15.0
+"""Seconds without any answer to open pull requests (each expires after `expires`)
+after which the pull is given up as lost."""
 
 
 class PullFailed(Exception):
@@ -29,9 +40,11 @@ class PullFailed(Exception):
 
 class Puller:
     def __init__(self, nc: Client, stream: str, consumer: str, batch: int, expires: float = 1.0,
-                 ahead: int = 2) -> None:
+                 ahead: int = 2, max_bytes: int = MAX_BYTES) -> None:
         self.nc = nc
         self.ahead = ahead
+        # A request that cannot hold the next message would never bring anything.
+        self.max_bytes = max(max_bytes, 2 * (nc.max_payload or 0))
         self.subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.batch = batch
         self.expires = expires
@@ -57,7 +70,11 @@ class Puller:
         expired), asking for the next batch at once. Empty when nothing came."""
         while not self._ends and self._error is None:
             self._changed.clear()
-            await self._changed.wait()
+            try:
+                await asyncio.wait_for(self._changed.wait(), STALL_SECONDS)
+            except asyncio.TimeoutError:
+                raise PullFailed(f"no answer to the pull requests for {STALL_SECONDS:g} s (the connection was "
+                                 "cut, or the consumer is gone)") from None
         if self._error is not None:
             raise PullFailed(self._error)
         end = self._ends.popleft()
@@ -73,7 +90,8 @@ class Puller:
 
     async def _request(self) -> None:
         self._open.append(self.batch)
-        body = json.dumps({"batch": self.batch, "expires": int(self.expires * 1e9)}).encode()
+        body = json.dumps({"batch": self.batch, "max_bytes": self.max_bytes,
+                           "expires": int(self.expires * 1e9)}).encode()
         await self.nc.publish(self.subject, body, reply=self.inbox.subject)
 
     def _on_messages(self, messages: list[RawMessage]) -> None:
@@ -95,7 +113,9 @@ class Puller:
 
     def _on_status(self, code_description: tuple[str, str] | None) -> None:
         code, description = code_description or ("", "not a status")
-        if code in ("404", "408"):  # no (more) messages before the request expired: it is over
+        # 404/408: no (more) messages before the request expired; 409 "Message Size Exceeds
+        # MaxBytes": the next one did not fit in what was left of `max_bytes`. Over, either way.
+        if code in ("404", "408") or (code == "409" and "MaxBytes" in description):
             if self._open:
                 self._end_request()
         elif code != "100":  # 100: idle heartbeat

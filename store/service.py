@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +26,7 @@ from broker.types import Id, ListRequest, Page, Runner
 from store import listing, sql
 from store.history import EXECUTION_COLUMNS, JSON_COLUMNS, History
 from store.ingest import Ingest
+from store.limits import Gate, Pools, StoreLimits
 
 log = logging.getLogger("batchdeck.store")
 
@@ -32,6 +34,7 @@ SERVICE_NAME = "batchdeck-store"
 RETENTION_INTERVAL = 3600.0
 MAX_LOG_LINES = 10_000
 REPLY_MARGIN = 64 * 1024
+LAG_CHECK_SECONDS = 10.0
 LINE_OVERHEAD = 160
 """Bytes of JSON around each line's text in an exec.logs reply (an upper bound)."""
 
@@ -60,16 +63,23 @@ class ResultsRequest(HistoryRequest, kw_only=True, forbid_unknown_fields=True):
 
 
 class StoreService:
-    def __init__(self, nc: Client, db_path: Path, retain_days: float | None = None) -> None:
+    def __init__(self, nc: Client, db_path: Path, retain_days: float | None = None,
+                 limits: StoreLimits = StoreLimits()) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.db_path = db_path
-        self.history = History(db_path)
+        self.limits = limits
+        self.history = History(db_path, limits.memory_limit, limits.temp_limit)
         self.retain_days = retain_days
-        self.ingest = Ingest(nc, self.history)
+        self.pools = Pools(limits)
+        self.queries = Gate("queries", limits.sql_per_org, limits.sql_threads + limits.sql_queue)
+        self.reads = Gate("reads", None, limits.read_threads + limits.read_queue)
+        self.ingest = Ingest(nc, self.history, writer=self.pools.writer)
         self.api = Endpoints(nc)
         self.metrics = self._metrics()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._running: set[Any] = set()
+        """Cursors of queries running now (interrupted at a stop)."""
 
     def _metrics(self) -> Metrics:
         ingest, metrics = self.ingest, Metrics("store")
@@ -85,6 +95,11 @@ class StoreService:
                         "an inbox of their org", self.api.refusals.total)
         metrics.counter("events_refused", "events not stored: their body named another org or execution than "
                         "their subject", ingest.refusals.total)
+        metrics.counter("events_lost", "events that left BD_EVENTS (its size or age limit, a purge) before the store "
+                        "read them: the history lacks them", lambda: ingest.lost)
+        metrics.gauge("queries_in_flight", "history.sql queries running or waiting", self.queries.in_flight)
+        metrics.counter("requests_busy", "history requests answered 429 or 503: an org's or the store's share of "
+                        "queries or reads was used up", lambda: self.queries.refused + self.reads.refused)
         metrics.connection(self.nc)
         return metrics
 
@@ -94,7 +109,8 @@ class StoreService:
                              stats_handler=self.metrics.stats_data)
         self.metrics.attach(self.api.service)
         self._tasks = [asyncio.create_task(self.ingest.run(), name="store-ingest"),
-                       asyncio.create_task(self._follow_runners(), name="store-runners")]
+                       asyncio.create_task(self._follow_runners(), name="store-runners"),
+                       asyncio.create_task(self._watch_lag(), name="store-lag")]
         if self.retain_days:
             self._tasks.append(asyncio.create_task(self._retain_forever(), name="store-retention"))
         log.info("store: history in %s, resuming after event %d", self.db_path, self.history.committed_seq())
@@ -102,6 +118,9 @@ class StoreService:
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
         await self.api.stop()
+        for cursor in list(self._running):  # queries still running end now, not at their time limit
+            cursor.interrupt()
+        await asyncio.to_thread(self.pools.close)
         self.history.close()
 
     def endpoints(self) -> dict[tuple[str, str], Handler]:
@@ -127,7 +146,7 @@ class StoreService:
             params.append(since)
         query += f" ORDER BY idx {request.order.upper()} LIMIT ?"
         params.append(request.limit)
-        rows = await asyncio.to_thread(self._read, query, params)
+        rows = await self._in_reads(org, self._read, query, params)
         items, size = [], 0
         budget = self.nc.max_payload - REPLY_MARGIN
         for r in rows:
@@ -143,22 +162,23 @@ class StoreService:
         request = codec.decode_request(body, ResultsRequest)
         query = listing.Query(org)
         query.add("batch_id = ?", request.id)
-        result = await self._page(query, request)
-        if not result.total and not await asyncio.to_thread(self._known_batch, org, request.id):
+        result = await self._page(org, query, request)
+        if not result.total and not await self._in_reads(org, self._known_batch, org, request.id):
             raise NotFound(f"batch {request.id!r} has no history", {"kind": "batch", "id": request.id})
         return result
 
     async def executions(self, org: str, body: bytes) -> Page:
         """Every stored execution of the org (Page, newest first by default)."""
-        return await self._page(listing.Query(org), codec.decode_request(body, HistoryRequest))
+        return await self._page(org, listing.Query(org), codec.decode_request(body, HistoryRequest))
 
-    async def _page(self, query: listing.Query, request: HistoryRequest) -> Page:
+    async def _page(self, org: str, query: listing.Query, request: HistoryRequest) -> Page:
         listing.add_filters(query, request)
         listing.add_window(query, request.since, request.until)
         order = listing.order_by(request, default="-queued_at")
         columns = ", ".join(EXECUTION_COLUMNS)
         offset = (request.page - 1) * request.per_page
-        total, rows = await asyncio.to_thread(
+        total, rows = await self._in_reads(
+            org,
             self._read_page,
             f"SELECT count(*) FROM bd_history.executions WHERE {query.where}",
             f"SELECT {columns} FROM bd_history.executions WHERE {query.where} ORDER BY {order} LIMIT ? OFFSET ?",
@@ -172,10 +192,28 @@ class StoreService:
 
     async def sql(self, org: str, body: bytes) -> dict[str, Any]:
         request = codec.decode_request(body, SqlRequest)
-        try:
-            return await asyncio.to_thread(self._query, org, request.sql, request.params)
-        except sql.Refused as err:
-            raise BadRequest(str(err)) from None
+        deadline = time.monotonic() + self.limits.sql_timeout  # waiting for a thread counts
+        with self.queries.enter(org):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self.pools.sql, self._query, org, request.sql, request.params, deadline)
+            except sql.Refused as err:
+                raise BadRequest(str(err)) from None
+
+    async def _in_reads(self, org: str, work: Any, *args: Any) -> Any:
+        with self.reads.enter(org):
+            return await asyncio.get_running_loop().run_in_executor(self.pools.reads, work, *args)
+
+    async def _watch_lag(self) -> None:
+        """Say in the log, once a minute at most, when the history is far behind BD_EVENTS."""
+        said_at = 0.0
+        while True:
+            await asyncio.sleep(LAG_CHECK_SECONDS)
+            behind = self.ingest.lag_seconds()
+            if behind > self.limits.lag_warning and time.monotonic() - said_at > 60:
+                said_at = time.monotonic()
+                log.warning("the history is %.0f s behind %s (%d events not written yet)", behind, streams.EVENTS,
+                            self.ingest.lag_events)
 
     # ---- database work (in worker threads) ---------------------------------------
 
@@ -199,11 +237,15 @@ class StoreService:
         rows = self._read("SELECT 1 FROM bd_history.batches WHERE org = ? AND id = ? LIMIT 1", [org, batch_id])
         return bool(rows)
 
-    def _query(self, org: str, text: str, params: list[Any]) -> dict[str, Any]:
+    def _query(self, org: str, text: str, params: list[Any], deadline: float) -> dict[str, Any]:
         cursor = self.history.cursor()
+        self._running.add(cursor)
         try:
-            return sql.run(cursor, org, text, params)
+            return sql.run(cursor, org, text, params, timeout=deadline - time.monotonic(),
+                           max_bytes=self.nc.max_payload - REPLY_MARGIN, query_memory=self.limits.query_memory,
+                           time_limit=self.limits.sql_timeout)
         finally:
+            self._running.discard(cursor)
             cursor.close()
 
     async def _follow_runners(self) -> None:
@@ -230,8 +272,9 @@ class StoreService:
                     if known and known[:2] == (runner.host, tuple(runner.pools)) and now - known[2] < 60:
                         continue
                     written[key] = (runner.host, tuple(runner.pools), now)
-                    await asyncio.to_thread(self.history.record_runner, org, runner.id, runner.host, runner.pools,
-                                            runner.started_at, runner.heartbeat_at)
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.pools.writer, self.history.record_runner, org, runner.id, runner.host, runner.pools,
+                        runner.started_at, runner.heartbeat_at)
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # server restart, a bad record: watch again
@@ -241,7 +284,8 @@ class StoreService:
     async def _retain_forever(self) -> None:
         while True:
             try:
-                removed = await asyncio.to_thread(self.history.remove_older_than, self.retain_days)
+                removed = await asyncio.get_running_loop().run_in_executor(
+                    self.pools.writer, self.history.remove_older_than, self.retain_days)
                 if any(removed.values()):
                     log.info("retention (%g days): removed %s", self.retain_days, removed)
             except duckdb.Error as err:

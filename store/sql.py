@@ -28,6 +28,7 @@ from typing import Any
 from uuid import UUID
 
 import duckdb
+import msgspec
 
 from broker.timestamps import to_iso
 from store import schema
@@ -159,30 +160,55 @@ def _check_table(table: dict[str, Any], ctes: frozenset[str]) -> None:
         raise Refused(f"unknown table {name!r}; the tables and views are: {known}")
 
 
+FETCH_ROWS = 500
+"""Rows converted at a time: the reply's size is known as it grows, not at the end."""
+
+
 def run(cursor: duckdb.DuckDBPyConnection, org: str, sql: str, params: list[Any] | None = None,
-        max_rows: int = MAX_ROWS, timeout: float = TIMEOUT_SECONDS) -> dict[str, Any]:
+        max_rows: int = MAX_ROWS, timeout: float = TIMEOUT_SECONDS, max_bytes: int | None = None,
+        query_memory: int | None = None, time_limit: float | None = None) -> dict[str, Any]:
     """Check and run `sql` for `org` on `cursor` (a connection of its own, closed by the
-    caller). Returns {columns, rows}; raises Refused."""
+    caller), interrupted after `timeout` seconds (what is left of `time_limit`, the limit
+    a refusal names), its sorts and hash tables bounded by `query_memory` bytes, its rows
+    by `max_rows` and (JSON-encoded) `max_bytes`. Returns {columns, rows}; raises Refused."""
+    too_long = f"the query ran longer than {time_limit or timeout:g} s; narrow it (WHERE, LIMIT) or aggregate"
+    if timeout <= 0:
+        raise Refused(too_long)
     check(sql, cursor)
     schema.open_session(cursor, org)
+    if query_memory is not None:
+        cursor.execute(f"SET operator_memory_limit = '{query_memory // (1024 * 1024)}MB'")
     check_plan(cursor, sql, params or [])
     timer = threading.Timer(timeout, cursor.interrupt)
     timer.start()
+    rows: list[list[Any]] = []
+    size = 0
     try:
         result = cursor.execute(sql, params or [])
-        rows = result.fetchmany(max_rows + 1)
+        while len(rows) <= max_rows:
+            chunk = [[plain(v) for v in row] for row in result.fetchmany(FETCH_ROWS)]
+            if not chunk:
+                break
+            rows += chunk
+            size += len(msgspec.json.encode(chunk))
+            if max_bytes is not None and size > max_bytes:
+                raise Refused(f"the result is over {max_bytes} bytes, more than one reply holds; select fewer "
+                              "columns or rows, or aggregate")
     except duckdb.InterruptException:
-        raise Refused(f"the query ran longer than {timeout:g} s; narrow it (WHERE, LIMIT) or aggregate") from None
+        raise Refused(too_long) from None
+    except duckdb.OutOfMemoryException:
+        raise Refused("the query needs more memory than the store lets a query have; narrow it (WHERE, LIMIT), "
+                      "aggregate less at once, or select fewer columns") from None
     except duckdb.Error as err:
         if not timer.is_alive():
-            raise Refused(f"the query ran longer than {timeout:g} s; narrow it (WHERE, LIMIT) or aggregate") from None
+            raise Refused(too_long) from None
         raise Refused(_first_line(err)) from None
     finally:
         timer.cancel()
     if len(rows) > max_rows:
         raise Refused(f"the query returns more than {max_rows} rows; add a LIMIT or aggregate")
     columns = [d[0] for d in result.description or []]
-    return {"columns": columns, "rows": [[plain(v) for v in row] for row in rows]}
+    return {"columns": columns, "rows": rows}
 
 
 def plain(value: Any) -> Any:

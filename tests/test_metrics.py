@@ -109,7 +109,8 @@ async def test_a_runner_reports_its_runs_in_its_micro_service_stats(
                          lambda d: d["runs_succeeded"] + d["runs_failed"] == 3, "three runs counted")
     assert data == {
         "runs_claimed": 3, "runs_succeeded": 2, "runs_failed": 1, "runs_canceled": 0, "runs_handed_back": 0,
-        "runs_running": 0, "log_lines_published": published, "messages_refused": 0, "nats_reconnects": 0,
+        "runs_running": 0, "log_lines_published": published, "log_lines_dropped": 0, "messages_refused": 0,
+        "nats_reconnects": 0,
     }
     stats = await micro_stats(nc, "batchdeck-runner", service_id)
     assert stats["metadata"] == {"runner_id": runner.id, "org": runner.org, "pools": "default"}

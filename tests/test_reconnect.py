@@ -50,7 +50,7 @@ async def _run_to_end(api: ApiClient, task_id: str, timeout: float = 30.0) -> di
 async def test_services_say_when_the_server_is_gone_and_back_and_work_on(tmp_path: Path):
     server = EmbeddedServer(tmp_path / "nats")
     server.start()
-    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "runner")}
+    logs = {name: tmp_path / f"{name}.log" for name in ("broker", "runner", "store")}
     processes = [
         await _spawn(logs["broker"], "broker", "--nats", server.url),
         await _spawn(logs["runner"], "runner", "--nats", server.url, "--name", "r-restart", "--ack-wait", "5"),
@@ -58,7 +58,9 @@ async def test_services_say_when_the_server_is_gone_and_back_and_work_on(tmp_pat
     nc = None
     try:
         await _logged(logs["broker"], "broker serving")
+        processes.append(await _spawn(logs["store"], "store", "--nats", server.url, "--db", str(tmp_path / "h.duckdb")))
         await _logged(logs["runner"], "runner r-restart serving")
+        await _logged(logs["store"], "store: history in")
         nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
         api = ApiClient(nc, "default", timeout=10)
         task = await api.call("task", "create", {"name": "echo", "command": ["echo", "hi"]})
@@ -80,6 +82,14 @@ async def test_services_say_when_the_server_is_gone_and_back_and_work_on(tmp_pat
 
         execution = await eventually(works, 30, 0.5, "a run after the server came back")
         assert (execution["status"], execution["runner_id"]) == ("succeeded", "r-restart")
+
+        # the store resumed its ingest too: the run after the restart is in the history
+        async def stored() -> bool:
+            reply = await api.call("history", "sql", {"sql": "SELECT status FROM executions WHERE id = ?",
+                                                      "params": [execution["id"]]})
+            return reply["rows"] == [["succeeded"]]
+
+        await eventually(stored, 30, 0.5, "the run in the history")
         for name, log_file in logs.items():
             text = log_file.read_text()
             assert (text.count(GONE), text.count(BACK)) == (1, 1), (name, text[-3000:])

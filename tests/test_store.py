@@ -30,13 +30,14 @@ import pytest
 import pytest_asyncio
 from expectations import eventually, expect_error, parse_time
 
-from broker import codec, subjects
+from broker import codec, subjects, streams
 from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from broker.timestamps import parse_iso, to_iso
 from broker.types import Notification
 from runner.service import RunnerService
+from store.limits import StoreLimits
 from store.service import StoreService
 
 ACME = "acme"
@@ -78,9 +79,9 @@ class Stack:
     def api(self, org: str = ACME) -> ApiClient:
         return ApiClient(self.nc, org)
 
-    async def start_store(self) -> StoreService:
+    async def start_store(self, limits: StoreLimits = StoreLimits()) -> StoreService:
         self._store_nc = await nats.connect(self.url, name="test-store")
-        self.store = StoreService(self._store_nc, self.db)
+        self.store = StoreService(self._store_nc, self.db, limits=limits)
         await self.store.start()
         return self.store
 
@@ -112,10 +113,10 @@ class Stack:
     async def task(self, org: str = ACME, **fields: Any) -> dict[str, Any]:
         return await self.api(org).call("task", "create", {"name": "job", "command": ["true"], **fields})
 
-    async def run(self, task_id: str, org: str = ACME, **body: Any) -> dict[str, Any]:
+    async def run(self, task_id: str, org: str = ACME, timeout: float = 20.0, **body: Any) -> dict[str, Any]:
         """Start a task and wait (exec.get) until its execution is final."""
         started = await self.api(org).call("task", "start", {"id": task_id, **body})
-        return await self.final(started["execution_id"], org)
+        return await self.final(started["execution_id"], org, timeout)
 
     async def final(self, execution_id: str, org: str = ACME, timeout: float = 20.0) -> dict[str, Any]:
         async def probe() -> dict[str, Any] | None:
@@ -134,7 +135,8 @@ class Stack:
 
         return await eventually(probe, timeout, 0.1, f"execution {execution_id} final in the store")
 
-    async def publish_lines(self, org: str, execution_id: str, count: int, chunk: int = 1000, first: int = 1) -> None:
+    async def publish_lines(self, org: str, execution_id: str, count: int, chunk: int = 1000, first: int = 1,
+                            msg: str = "") -> None:
         """`count` log lines (idx first..first+count-1) published straight to BD_EVENTS, as
         a runner does: one Nats-Msg-Id per line, acks awaited a chunk at a time."""
         subject = f"bd.{org}.evt.exec.{execution_id}.log"
@@ -143,18 +145,19 @@ class Stack:
             futures = []
             for idx in range(start, min(start + chunk, last + 1)):
                 line = {"idx": idx, "ts": to_iso(datetime.now(UTC)), "level": "info", "stream": "stdout",
-                        "action_index": 0, "msg": f"line {idx}", "execution_id": execution_id}
+                        "action_index": 0, "msg": f"line {idx}{msg}", "execution_id": execution_id}
                 futures.append(await self.js.publish_async(subject, json.dumps(line).encode(),
                                                            headers={"Nats-Msg-Id": f"{execution_id}.log.{idx}"}))
             await asyncio.gather(*futures)
 
 
 @contextlib.asynccontextmanager
-async def _stack(tmp_path: Path, with_store: bool) -> AsyncIterator[Stack]:
+async def _stack(tmp_path: Path, with_store: bool,
+                 stream_limits: streams.StreamLimits = streams.StreamLimits()) -> AsyncIterator[Stack]:
     server = EmbeddedServer(tmp_path / "nats")
     await server.astart()
     nc = await nats.connect(server.url, name="test-client")
-    plane = ControlPlane(nc, nc.jetstream())
+    plane = ControlPlane(nc, nc.jetstream(), stream_limits=stream_limits)
     await plane.start()
     stack = Stack(server, nc, tmp_path / "h.duckdb")
     try:
