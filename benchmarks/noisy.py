@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import statistics
 import sys
 import time
@@ -206,13 +207,13 @@ def main() -> None:
         url = children.server.start()
         python = [sys.executable, "-m", "batchdeck"]
         broker = children.spawn([*python, "broker", "--nats", url], work / "broker.log")
-        asyncio.run(wait_for_line(broker, work / "broker.log", rb"broker serving"))
+        asyncio.run(wait_for_line(broker, work / "broker.log", re.compile(rb"broker serving")))
         store = children.spawn([*python, "store", "--nats", url, "--db", str(work / "h.duckdb")], work / "store.log")
         runners = [children.spawn([*python, "runner", "--nats", url, "--org", org, "--name", f"{org}-1"],
                                   work / f"runner-{org}.log") for org in (A, B)]
-        asyncio.run(wait_for_line(store, work / "store.log", rb"store: history in"))
+        asyncio.run(wait_for_line(store, work / "store.log", re.compile(rb"store: history in")))
         for org, runner in zip((A, B), runners, strict=True):
-            asyncio.run(wait_for_line(runner, work / f"runner-{org}.log", rf"runner {org}-1 serving".encode()))
+            asyncio.run(wait_for_line(runner, work / f"runner-{org}.log", re.compile(rf"runner {org}-1 serving".encode())))
         results = []
         for n in range(1, args.rounds + 1):
             results.append(asyncio.run(one_round(url, store.pid, args)))

@@ -117,6 +117,19 @@ class EventStream:
         await self._queue.put(line)
         return True
 
+    def past_quota(self, raw: bytes | bytearray, cut: int) -> bool:
+        """True, and the line counted as dropped, when the action's quota is spent already
+        (a control line, `::…`, is always read: it may carry the result)."""
+        if not self.quota.dropped_lines or raw.startswith(b"::"):
+            return False
+        self.quota.dropped_lines += 1
+        self.quota.dropped_bytes += len(raw) + cut
+        self.dropped()
+        return True
+
+    def dropped(self) -> None:
+        """A line was dropped (for counting by a subclass)."""
+
     async def progress(self, percent: float | None, text: str | None) -> None:
         event = Progress(execution_id=self.execution_id, percent=percent, text=text, ts=now_iso())
         await self._publish(subjects.exec_event(self.org, self.execution_id, "progress"), codec.encode(event))

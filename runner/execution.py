@@ -242,7 +242,7 @@ class RunExecutor:
 
         ran = await run_process(
             argv, env=self._environment(task, index), cwd=task.cwd, sink=sink, timeout=task.timeout_sec,
-            cancel=self.run.cancel, grace=self.env.grace,
+            cancel=self.run.cancel, grace=self.env.grace, skip=self.events.past_quota,
         )
         if ran.outcome == "failed_to_start":
             return Outcome("failed", error=ran.error, retryable=False)
@@ -307,7 +307,7 @@ class RunExecutor:
                 await self.events.log(line, stream=stream, action_index=index)
 
             ran = await run_process(argv, env=self._environment(task, index), cwd=task.cwd, sink=sink, timeout=None,
-                                    cancel=self.run.cancel, grace=self.env.grace)
+                                    cancel=self.run.cancel, grace=self.env.grace, skip=self.events.past_quota)
             if ran.error:
                 await self._runner_line(ran.error, "error", index)
             exit_codes.append(ran.exit_code if ran.exit_code is not None else -1)

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 Sink = Callable[[str, str], Awaitable[None]]
 """`await sink(stream, line)` for every line ("stdout" or "stderr")."""
+Skip = Callable[[bytes | bytearray, int], bool]
+"""`skip(raw line, bytes cut from it)`: True when the line is not wanted (counted by the
+caller instead): it is then neither decoded nor passed to the sink. A process printing
+far past its log quota costs little more than the reading of its pipe."""
 
 READ_CHUNK = 64 * 1024
 MAX_PENDING_LINE = 64 * 1024
@@ -35,8 +39,10 @@ async def run_process(
     timeout: float | None,
     cancel: asyncio.Event,
     grace: float,
+    skip: Skip | None = None,
 ) -> ProcessResult:
-    """Run `argv` to the end, a timeout, or `cancel`; every output line goes to `sink`."""
+    """Run `argv` to the end, a timeout, or `cancel`; every output line goes to `sink`
+    unless `skip` says it is not wanted."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -51,7 +57,7 @@ async def run_process(
         return ProcessResult(None, "failed_to_start", f"cannot start {argv[0]!r}: {err} in an argument, the "
                                                       "environment or the working directory")
 
-    readers = asyncio.gather(_pump(process.stdout, "stdout", sink), _pump(process.stderr, "stderr", sink))
+    readers = asyncio.gather(_pump(process.stdout, "stdout", sink, skip), _pump(process.stderr, "stderr", sink, skip))
     waiter = asyncio.ensure_future(process.wait())
     canceled = asyncio.ensure_future(cancel.wait())
     try:
@@ -92,7 +98,7 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
-async def _pump(stream: asyncio.StreamReader | None, name: str, sink: Sink) -> None:
+async def _pump(stream: asyncio.StreamReader | None, name: str, sink: Sink, skip: Skip | None = None) -> None:
     """Split a pipe into lines; a line longer than MAX_PENDING_LINE keeps its start."""
     if stream is None:
         return
@@ -111,11 +117,12 @@ async def _pump(stream: asyncio.StreamReader | None, name: str, sink: Sink) -> N
             dropped += max(0, len(piece) - room)
             if end < 0:
                 break  # the line goes on in the next chunk
-            await sink(name, _text(pending, dropped))
+            if skip is None or not skip(pending, dropped):
+                await sink(name, _text(pending, dropped))
             pending.clear()
             dropped = 0
             start = end + 1
-    if pending or dropped:
+    if (pending or dropped) and (skip is None or not skip(pending, dropped)):
         await sink(name, _text(pending, dropped))
 
 

@@ -563,6 +563,9 @@ class _CountedEvents(EventStream):
             self._counters.log_lines_dropped += 1
         return kept
 
+    def dropped(self) -> None:
+        self._counters.log_lines_dropped += 1
+
 
 def _deliveries(msg: Msg) -> int:
     """How many times JetStream has delivered this message, this time included."""

@@ -39,7 +39,7 @@ class PullFailed(Exception):
 
 
 class Puller:
-    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, expires: float = 1.0,
+    def __init__(self, nc: Client, stream: str, consumer: str, batch: int, expires: float = 0.5,
                  ahead: int = 2, max_bytes: int = MAX_BYTES) -> None:
         self.nc = nc
         self.ahead = ahead
