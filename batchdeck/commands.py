@@ -127,7 +127,8 @@ def _add_batch_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name")
     parser.add_argument("--description")
     parser.add_argument("--cron", dest="cron_expression", metavar="EXPR",
-                        help="5 fields, 6 with seconds first, or @hourly/@daily/@weekly/@monthly/@yearly")
+                        help="5 fields, 6 with seconds first, or @hourly/@daily/@weekly/@monthly/@yearly "
+                             "(the dialect: batchdeck batch next --help)")
     parser.add_argument("--schedule", type=_value, metavar="JSON",
                         help='a structured schedule, e.g. \'{"hours": [3], "weekdays": [1, 5]}\'')
     parser.add_argument("--timezone", help="IANA name, e.g. Europe/Berlin (default UTC)")
@@ -285,6 +286,26 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
             output.console.print(f"canceled {args.id}", highlight=False)
 
 
+CRON_DIALECT = """\
+cron dialect (docs/protocol.md, "Cron dialect"):
+  5 fields   minute hour day-of-month month day-of-week        0 3 * * *
+  6 fields   second first                                      30 0 3 * * *
+  macros     @yearly @annually @monthly @weekly @daily @midnight @hourly
+  items      *  N  A-B  */S  A-B/S  N/S (= N-max/S)  lists with ","
+             A-A is A; A-B with B < A wraps (22-2, FRI-MON); ? is * in the day fields
+  names      JAN-DEC, SUN-SAT, any case; day-of-week 0 and 7 are Sunday
+  day-of-month  L (last day)  L-N (N days before)  NW (weekday nearest N)  LW
+  day-of-week   DL (last day D: 5L)  D#K (K-th day D: MON#2)
+  days       a day field that starts with * or ? (*/2 too): both fields must match
+             (0 0 */2 * 1 = odd days that are Mondays); both restricted: either
+             (0 0 1 * 1 = the 1st and every Monday)
+  daylight saving (classic cron)
+             minute or hour field starts with *: follows real time (a skipped time
+             does not fire, a repeated one fires twice); otherwise fixed: a skipped
+             time fires once at the end of the gap, a repeated one in its first pass
+"""
+
+
 def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """`task`, `batch` and `exec` with their verbs."""
     for kind, help_text in (("task", "define and start tasks"), ("batch", "define, schedule and start batches"),
@@ -310,7 +331,10 @@ def add_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser
             for verb in ("enable", "disable"):
                 toggle = verbs.add_parser(verb, parents=[common], help=f"{verb} the schedule")
                 toggle.add_argument("id")
-            upcoming = verbs.add_parser("next", parents=[common], help="the next fire times")
+            upcoming = verbs.add_parser("next", parents=[common], help="the next fire times",
+                                        description="The next fire times of a batch, in UTC and in its "
+                                                    "timezone, as the scheduler computes them.",
+                                        epilog=CRON_DIALECT, formatter_class=argparse.RawDescriptionHelpFormatter)
             upcoming.add_argument("id")
             upcoming.add_argument("--count", type=_count, default=5, metavar="N", help="how many (1-1000, default 5)")
             fired = verbs.add_parser("triggers", parents=[common], help="its triggers, newest first, with their lag")

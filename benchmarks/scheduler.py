@@ -461,7 +461,7 @@ async def run(args: argparse.Namespace, children: Children, work: Path) -> None:
     js = nc.jetstream()
     server = nc.connected_server_version
     versions = [f"nats-server {server.major}.{server.minor}.{server.patch}",
-                f"nats-py {importlib.metadata.version('nats-py')}", f"croniter {importlib.metadata.version('croniter')}"]
+                f"nats-py {importlib.metadata.version('nats-py')}"]
     if args.peer:
         versions.append(f"APScheduler {importlib.metadata.version('apscheduler')}")
     print(f"{_thousands(args.batches)} batches ({describe_mix(specs)}; seed {args.seed}), created in {setup:.1f} s; "

@@ -1,43 +1,34 @@
-"""Schedule arithmetic shared by the broker (validation, `next_run_at`) and the scheduler.
+"""Schedule arithmetic shared by the broker (validation, `next_run_at`, `batch.next`) and
+the scheduler: when a batch fires, in its timezone, through daylight saving.
 
-Accepted cron forms:
-- 5 fields: `minute hour day-of-month month day-of-week`;
-- 6 fields: `second minute hour day-of-month month day-of-week` (seconds first, as in
-  Quartz, Spring and robfig/cron);
-- macros: `@yearly` (`@annually`), `@monthly`, `@weekly`, `@daily` (`@midnight`), `@hourly`.
+The cron dialect (fields, names, ranges, steps, `L`, `W`, `#`, `?`, macros, which days) is
+`broker.cron`'s. Times are computed in the batch's IANA timezone and returned in UTC.
 
-Times are computed in the batch's IANA timezone and returned in UTC.
-
-Daylight-saving transitions follow the rule of Vixie cron, keyed on the hour field:
-- a schedule with *fixed hours* (no `*` in the hour field, e.g. `30 2 * * *` or
-  `*/15 2 * * *`) whose local times fall into the hour skipped when clocks go forward
-  fires once, at the first instant after the gap (03:00 local), however many of its
-  ticks fell into the gap; in the hour that repeats when clocks go back it fires in the
-  first pass only. Nothing fires twice, nothing is silently lost.
-- a schedule with *wildcard hours* (`*` in the hour field, e.g. `*/15 * * * *`,
-  `@hourly`) follows real time: the skipped hour has no ticks and the repeated hour has
-  both passes, so the interval between runs stays what it says.
+Daylight saving follows classic cron (Vixie/ISC cron, Debian's cron, cronie):
+- a *wildcard* schedule (its minute or hour field starts with `*`, or its second field in
+  a 6-field cron: `*/15 2 * * *`, `0 * * * *`, `@hourly`) follows real time: a local time
+  the clocks skip has no tick, and one they repeat has a tick in each pass;
+- a *fixed* schedule (`30 2 * * *`, `0 9,17 * * 1-5`) fires once at the end of a gap for
+  whatever ticks fell into it (at the instant the clocks jumped, 03:00 local), and in a
+  repeated hour in the first pass only.
+Nothing fixed fires twice; nothing fixed is silently lost. Zones with 30-minute shifts
+(Australia/Lord_Howe) and 45-minute offsets (Pacific/Chatham) follow the same rule: the
+gap and the fold are found from the zone's offsets, not assumed to be an hour.
 """
 
 from __future__ import annotations
 
-import functools
 import heapq
+import itertools
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterBadCronError, CroniterBadDateError, croniter
+from broker import cron
+from broker.cron import MACROS
 
-MACROS = {
-    "@yearly": "0 0 1 1 *",
-    "@annually": "0 0 1 1 *",
-    "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0",
-    "@daily": "0 0 * * *",
-    "@midnight": "0 0 * * *",
-    "@hourly": "0 * * * *",
-}
+__all__ = ["MACROS", "ScheduleError", "canonical_cron", "fire_times", "next_times", "normalize_cron",
+           "structured_to_cron", "zone"]
 
 # Structured schedule field -> (cron position, lowest, highest).
 STRUCTURED_FIELDS = {
@@ -53,31 +44,17 @@ class ScheduleError(ValueError):
     """An invalid cron expression, structured schedule or timezone."""
 
 
-@functools.lru_cache(maxsize=4096)  # validating costs ~0.5 ms; list replies and the scheduler ask again and again
+def parsed(expression: str) -> cron.Cron:
+    """The parsed expression (cached); raises ScheduleError saying what is wrong."""
+    try:
+        return cron.parse(expression)
+    except cron.CronError as err:
+        raise ScheduleError(str(err)) from None
+
+
 def normalize_cron(expression: str) -> str:
     """The expression with macros expanded and whitespace collapsed; raises ScheduleError."""
-    text = " ".join(expression.split())
-    if not text:
-        raise ScheduleError("cron_expression is empty")
-    if text.startswith("@"):
-        try:
-            return MACROS[text.lower()]
-        except KeyError:
-            names = ", ".join(sorted(MACROS))
-            raise ScheduleError(f"cron_expression {text!r} is an unknown macro; use one of {names}") from None
-    fields = text.split(" ")
-    if len(fields) not in (5, 6):
-        raise ScheduleError(
-            f"cron_expression {text!r} has {len(fields)} fields; use 5 (minute hour day month weekday) "
-            "or 6 (second first)"
-        )
-    if not croniter.is_valid(text, second_at_beginning=len(fields) == 6):
-        raise ScheduleError(f"cron_expression {text!r} is not a valid cron expression")
-    try:
-        croniter(text, datetime.now(timezone.utc), second_at_beginning=len(fields) == 6).get_next(datetime)
-    except (CroniterBadDateError, CroniterBadCronError):
-        raise ScheduleError(f"cron_expression {text!r} never fires (e.g. February 30)") from None
-    return text
+    return parsed(expression).text
 
 
 def canonical_cron(expression: str) -> str:
@@ -120,18 +97,8 @@ def structured_to_cron(schedule: dict[str, list[int]]) -> str:
 
 def next_times(expression: str, tz_name: str, after: datetime, count: int = 1) -> list[datetime]:
     """The next `count` fire times strictly after `after`, as aware UTC datetimes; fewer
-    when the schedule stops firing (a year field in the past: croniter gives up) or its
-    next time is past the year 9999 (`0 0 29 2 1#5` fires every few decades)."""
-    times = fire_times(expression, tz_name, after)
-    found: list[datetime] = []
-    try:
-        while len(found) < count:
-            found.append(next(times))
-    except ScheduleError:
-        raise
-    except (CroniterBadDateError, ValueError, OverflowError):  # ValueError/OverflowError: "year 10000 is out of range"
-        pass
-    return found
+    when there are fewer before the year 10 000."""
+    return list(itertools.islice(fire_times(expression, tz_name, after), max(count, 0)))
 
 
 MAX_DST_SHIFT = timedelta(hours=3)
@@ -140,27 +107,39 @@ ZERO = timedelta(0)
 
 
 def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datetime]:
-    """Every fire time strictly after `after`, ascending, as aware UTC datetimes.
+    """Every fire time strictly after `after`, ascending, as aware UTC datetimes (ending
+    before the year 10 000).
 
     Iterates the cron in naive local time (so a day is a calendar day whatever its
     length) and maps each local time to instants by the DST rule of this module.
     """
-    cron = normalize_cron(expression)
+    parsed_cron = parsed(expression)
     tz = zone(tz_name)
-    fields = cron.split(" ")
-    fixed_hours = "*" not in fields[-4]
-    after = after.astimezone(timezone.utc)
+    fixed = not parsed_cron.wildcard
+    after = after.astimezone(UTC)
+    if tz_name == "UTC":  # no clock changes: no mapping to do
+        naive: datetime | None = after.replace(tzinfo=None)
+        while (naive := parsed_cron.next_after(naive)) is not None:
+            yield naive.replace(tzinfo=UTC)
+        return
     # Near a clock change an earlier local time may still happen after `after` (its
     # second pass). No local time before `after` + the smallest nearby UTC offset can,
     # so the iteration starts there.
     offset = min((after + shift).astimezone(tz).utcoffset() for shift in (-MAX_DST_SHIFT, ZERO, MAX_DST_SHIFT))
-    start = (after + offset).replace(tzinfo=None)
-    local = croniter(cron, start, second_at_beginning=len(fields) == 6)
+    local: datetime | None = (after + offset).replace(tzinfo=None) - timedelta(seconds=1)
     pending: list[datetime] = []
     last: datetime | None = None
     while True:
-        naive = local.get_next(datetime)
-        instants = _instants(naive, tz, fixed_hours)
+        local = parsed_cron.next_after(local) if local is not None else None
+        if local is None:  # past the year 9999: what is pending is all there is
+            while pending:
+                instant = heapq.heappop(pending)
+                if instant > after and instant != last:
+                    last = instant
+                    yield instant
+            return
+        naive = local
+        instants = _instants(naive, tz, fixed)
         for instant in instants:
             heapq.heappush(pending, instant)
         if not instants:
@@ -175,18 +154,18 @@ def fire_times(expression: str, tz_name: str, after: datetime) -> Iterator[datet
                 yield instant
 
 
-def _instants(naive: datetime, tz: ZoneInfo, fixed_hours: bool) -> list[datetime]:
+def _instants(naive: datetime, tz: ZoneInfo, fixed: bool) -> list[datetime]:
     """The UTC instants at which the local time `naive` happens, per the DST rule."""
     first = naive.replace(tzinfo=tz, fold=0)
     second = naive.replace(tzinfo=tz, fold=1)
-    first_utc = first.astimezone(timezone.utc)
+    first_utc = first.astimezone(UTC)
     if first.utcoffset() == second.utcoffset():
         return [first_utc]
     if first_utc.astimezone(tz).replace(tzinfo=None) != naive:  # skipped: clocks went forward
-        return [_gap_end(second.astimezone(timezone.utc), first_utc, tz)] if fixed_hours else []
-    if fixed_hours:  # repeated: clocks went back
+        return [_gap_end(second.astimezone(UTC), first_utc, tz)] if fixed else []
+    if fixed:  # repeated: clocks went back
         return [first_utc]
-    return [first_utc, second.astimezone(timezone.utc)]
+    return [first_utc, second.astimezone(UTC)]
 
 
 def _gap_end(low: datetime, high: datetime, tz: ZoneInfo) -> datetime:

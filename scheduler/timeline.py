@@ -24,8 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from croniter import CroniterBadDateError
-
 from broker.schedule import ScheduleError, fire_times
 from broker.types import Batch
 
@@ -224,7 +222,7 @@ def _by_policy(batch: Batch, missed: list[datetime], on_time: bool) -> list[date
 def _next(times: Iterator[datetime]) -> datetime | None:
     try:
         return next(times)
-    except (StopIteration, CroniterBadDateError):
+    except StopIteration:
         return None
 
 

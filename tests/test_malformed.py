@@ -347,7 +347,7 @@ async def test_wildcard_id_does_not_reach_other_records(broker, nc, org, seeded)
     {"schedule": {"days_of_month": [31], "months": [2, 4]}},
 ])
 async def test_enabled_batch_whose_schedule_never_fires_does_not_break_the_org(broker, nc, org, seeded, schedule):
-    """A schedule that croniter accepts but that has no next date (Feb 31) must be
+    """A schedule whose fields are each valid but that has no next date (Feb 31) must be
     refused (400) or stored with no next_run_at; it must not 500, and it must not make
     every later batch.list of the org fail."""
     body = {"name": "never", "is_enabled": True, "run_on_startup": False, "catch_up": "none",

@@ -60,19 +60,28 @@ def test_a_daily_run_in_the_skipped_hour_in_new_york():
     assert times == [utc(2026, 3, 7, 7, 30), utc(2026, 3, 8, 7, 0), utc(2026, 3, 9, 6, 30)]
 
 
-def test_every_quarter_of_the_skipped_hour_collapses_into_one_run():
-    # Four ticks fall into the gap; they fire once, not four times and not zero times.
-    times = next_times("*/15 2 * * *", BERLIN, utc(2026, 3, 28, 12), 6)
+def test_fixed_ticks_in_the_skipped_hour_collapse_into_one_run():
+    # Both ticks fall into the gap; they fire once, not twice and not zero times.
+    times = next_times("0,30 2 * * *", BERLIN, utc(2026, 3, 28, 12), 4)
 
     assert times == [
         utc(2026, 3, 29, 1, 0),  # 03:00 CEST
         local(BERLIN, 2026, 3, 30, 2, 0),
-        local(BERLIN, 2026, 3, 30, 2, 15),
         local(BERLIN, 2026, 3, 30, 2, 30),
-        local(BERLIN, 2026, 3, 30, 2, 45),
         local(BERLIN, 2026, 3, 31, 2, 0),
     ]
     assert times[1] == utc(2026, 3, 30, 0, 0)  # CEST from then on
+
+
+def test_a_star_in_the_minute_field_makes_a_wildcard_job_as_in_classic_cron():
+    # `*/15 2 * * *`: its minute field starts with `*`, so it follows real time: on the day
+    # 02:xx is skipped it does not fire at all, and when 02:xx repeats it fires in both passes.
+    spring = next_times("*/15 2 * * *", BERLIN, utc(2026, 3, 28, 12), 5)
+    assert spring == [local(BERLIN, 2026, 3, 30, 2, minute) for minute in (0, 15, 30, 45)] + [
+        local(BERLIN, 2026, 3, 31, 2, 0)]
+    autumn = next_times("*/15 2 * * *", BERLIN, utc(2026, 10, 24, 12), 8)
+    assert autumn == [utc(2026, 10, 25, 0, m) for m in (0, 15, 30, 45)] + [
+        utc(2026, 10, 25, 1, m) for m in (0, 15, 30, 45)]  # 02:xx CEST, then 02:xx CET
 
 
 def test_the_gap_run_is_still_ahead_just_before_the_gap():
@@ -81,7 +90,7 @@ def test_the_gap_run_is_still_ahead_just_before_the_gap():
 
 
 def test_the_gap_run_is_not_repeated_after_it_fired():
-    assert next_times("*/15 2 * * *", BERLIN, utc(2026, 3, 29, 1, 0)) == [utc(2026, 3, 30, 0, 0)]
+    assert next_times("0,15,30,45 2 * * *", BERLIN, utc(2026, 3, 29, 1, 0)) == [utc(2026, 3, 30, 0, 0)]
 
 
 # ---- fixed hours: the repeated hour --------------------------------------------------
@@ -188,11 +197,13 @@ def test_six_fields_put_seconds_first():
         utc(2026, 1, 1, 12, 1, 5), utc(2026, 1, 1, 12, 2, 5), utc(2026, 1, 1, 12, 3, 5)]
 
 
-def test_six_fields_with_fixed_hours_in_the_skipped_hour_fire_once():
-    # Every 20 s of 02:xx is 180 ticks in the gap: one run at its end.
-    times = next_times("*/20 * 2 * * *", BERLIN, utc(2026, 3, 29, 0, 59, 30), 3)
+def test_six_fields_with_fixed_fields_in_the_skipped_hour_fire_once():
+    # Seconds 0 and 30 of every minute of 02:xx are 120 ticks in the gap: one run at its end.
+    times = next_times("0,30 0-59 2 * * *", BERLIN, utc(2026, 3, 29, 0, 59, 30), 3)
 
-    assert times == [utc(2026, 3, 29, 1, 0), utc(2026, 3, 30, 0, 0, 0), utc(2026, 3, 30, 0, 0, 20)]
+    assert times == [utc(2026, 3, 29, 1, 0), utc(2026, 3, 30, 0, 0, 0), utc(2026, 3, 30, 0, 0, 30)]
+    # a `*` in the seconds field follows real time, as one in the minute field does
+    assert next_times("*/20 * 2 * * *", BERLIN, utc(2026, 3, 29, 0, 59, 30), 1) == [utc(2026, 3, 30, 0, 0, 0)]
 
 
 def test_macros_fire_at_local_midnight_in_their_zone():
@@ -258,12 +269,19 @@ def test_a_structured_schedule_of_days_and_months():
         ("   ", "empty"),
         ("* * * *", "has 4 fields; use 5 (minute hour day month weekday) or 6 (second first)"),
         ("* * * * * * *", "has 7 fields"),
-        ("60 * * * *", "is not a valid cron expression"),
-        ("0 24 * * *", "is not a valid cron expression"),
-        ("0 0 32 * *", "is not a valid cron expression"),
-        ("0 0 * 13 *", "is not a valid cron expression"),
-        ("0 0 * * 8", "is not a valid cron expression"),
-        ("61 * * * * *", "is not a valid cron expression"),
+        ("60 * * * *", "'60' is out of range 0-59 in the minute field"),
+        ("0 24 * * *", "'24' is out of range 0-23 in the hour field"),
+        ("0 0 32 * *", "'32' is out of range 1-31 in the day-of-month field"),
+        ("0 0 * 13 *", "'13' is out of range 1-12 in the month field"),
+        ("0 0 * * 8", "'8' is out of range 0-7 in the day-of-week field"),
+        ("61 * * * * *", "'61' is out of range 0-59 in the second field"),
+        ("0 0 * * MOM", "'MOM' is not a day name or number in the day-of-week field"),
+        ("*/0 * * * *", "a step of 0 in the minute field"),
+        ("0 0 1,,2 * *", "has an empty item in the day-of-month field"),
+        ("0 0 * * 1#6", "N#K takes K from 1 to 5 in the day-of-week field"),
+        ("0 0 * * L", "'L' alone in the day-of-week field"),
+        ("0 0 15X * *", "'15X' is not a number in the day-of-month field"),
+        ("0 ? * * *", "stands for '*' in the day fields only"),
         ("every day", "has 2 fields"),
         ("0 0 30 2 *", "never fires"),
         ("0 0 31 4 *", "never fires"),

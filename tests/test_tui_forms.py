@@ -172,6 +172,17 @@ async def test_batch_form_describes_the_cron_as_it_is_typed():
         assert shown(app, "#cron-error") == ""
 
 
+async def test_batch_form_says_which_days_as_the_scheduler_counts_them():
+    app = Host(BatchForm(Recorder(), tasks=TASKS))
+    async with app.run_test(size=SIZE) as pilot:
+        await fill(pilot, "#cron", "0 0 */2 * 1")  # `*/2` starts with `*`: odd days that are Mondays
+        assert shown(app, "#cron-summary") == "At 00:00, every 2 days, and only on Monday"
+        times = utc_times(shown(app, "#cron-times"))
+        assert len(times) == 5 and all(t.weekday() == 0 and t.day % 2 == 1 for t in times)
+        await fill(pilot, "#cron", "0 0 1 * 1")  # both restricted: either
+        assert shown(app, "#cron-summary") == "At 00:00, on day 1 of the month, or on Monday"
+
+
 async def test_batch_form_shows_times_in_the_batch_timezone_and_in_utc():
     app = Host(BatchForm(Recorder(), tasks=TASKS))
     async with app.run_test(size=SIZE) as pilot:
@@ -189,11 +200,11 @@ async def test_batch_form_refuses_an_invalid_cron_without_calling_save():
     async with app.run_test(size=SIZE) as pilot:
         await fill_in(pilot, {"#name": "nightly", "#action-ids": "backup"})
         await type_into(pilot, "#cron", "61 * * * *")
-        assert "not a valid cron expression" in shown(app, "#cron-error")
+        assert "'61' is out of range 0-59 in the minute field" in shown(app, "#cron-error")
         assert shown(app, "#cron-summary") == ""
         await press_save(pilot)
         assert save.requests == []
-        assert "not a valid cron expression" in shown(app, "#form-error")
+        assert "'61' is out of range 0-59 in the minute field" in shown(app, "#form-error")
         assert isinstance(app.screen, BatchForm)
 
 

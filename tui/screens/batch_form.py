@@ -220,9 +220,15 @@ def describe_schedule(expression: str, tz_name: str, now: datetime) -> tuple[str
 
 def _in_words(cron: str) -> str:
     try:
-        return get_description(cron, DESCRIBE)
-    except Exception:  # the words are a nicety; croniter (above) is the judge of validity
+        words = get_description(cron, DESCRIBE)
+    except Exception:  # the words are a nicety; broker.cron (above) is the judge of validity
         return cron
+    fields = cron.split(" ")
+    if ", or on " in words and any(field.startswith(("*", "?")) for field in (fields[-3], fields[-1])):
+        # cron-descriptor says "or" whenever day-of-month is not exactly `*`; classic cron
+        # (and broker.cron) want both days when either field starts with `*` (`*/2`).
+        words = words.replace(", or on ", ", and only on ")
+    return words
 
 
 def _time_line(time: datetime, zone: zoneinfo.ZoneInfo, with_seconds: bool) -> str:
