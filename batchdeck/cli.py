@@ -30,15 +30,17 @@ from runner import log_limits
 def _connection_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("connection")
-    group.add_argument("--nats", default=config.default_url(), metavar="URL",
-                       help=f"NATS server(s), comma separated; user:password@ allowed (env {config.ENV_URL})")
+    group.add_argument("--nats", default=None, metavar="URL",
+                       help=f"NATS server(s), comma separated; user:password@ allowed (env {config.ENV_URL}; "
+                            f"default: what `batchdeck up` recorded in its data dir, else nats://127.0.0.1:4222)")
     group.add_argument("--creds", default=None, metavar="FILE", help=f"NATS credentials file, nkeys/JWT (env {config.ENV_CREDS})")
     group.add_argument("--token", default=None, help=f"NATS auth token (env {config.ENV_TOKEN})")
     group.add_argument("--tls-ca", default=None, metavar="FILE", help=f"CA file to verify the server's TLS (env {config.ENV_TLS_CA})")
     group.add_argument("--inbox-prefix", default=None, metavar="PREFIX",
                        help=f"prefix of reply subjects, e.g. _INBOX_acme.viewer when the server confines this user's "
                             f"replies to it (env {config.ENV_INBOX_PREFIX}, default _INBOX)")
-    group.add_argument("--org", default=config.default_org(), help=f"organisation (env {config.ENV_ORG}, default 'default')")
+    group.add_argument("--org", default=None, help=f"organisation (env {config.ENV_ORG}; default: the org of "
+                                                   "`batchdeck up`, else 'default')")
     group.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser
 
@@ -161,7 +163,9 @@ def _not_negative(text: str) -> int:
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, default=config.default_data_dir(),
                         help=f"where JetStream keeps its data (env {config.ENV_DATA_DIR})")
-    parser.add_argument("--port", type=int, default=None, help="client port (default: a free one)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="client port (default: the port of the last start on this data dir, else 4222, "
+                             "else a free one)")
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
 
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                  f"{config.ENV_URL} (user:password@host) or {config.ENV_TOKEN}, or a --creds FILE")
         credentials.restart_without_secrets(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(commands.attach_sort_values(argv))
     if handed_over:  # as if they were still in the environment: a flag given wins
         if "--nats" not in (arg.partition("=")[0] for arg in argv):
             args.nats = handed_over.get(config.ENV_URL, args.nats)
@@ -188,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.command == "nats-config":
         return nats_config.run(args, argv)
+    if hasattr(args, "nats"):  # a client of a running system: which one
+        args.target = config.resolve(args.nats, args.org)
+        args.nats, args.org = args.target.url, args.target.org
     if hasattr(args, "org") and not is_valid_org(args.org):
         parser.error(f"--org {args.org!r} is invalid: use 1-32 of a-z, 0-9, '_' and '-'")
     inbox_prefix = getattr(args, "inbox_prefix", None) or os.environ.get(config.ENV_INBOX_PREFIX)
@@ -224,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (OSError, asyncio.TimeoutError) as err:
         url = getattr(args, "nats", "")
+        hint = config.unreachable_hint(args.target) if hasattr(args, "target") else ""
         output.errors.print(f"[red]error:[/red] cannot reach NATS at {url}: {err or type(err).__name__}", highlight=False)
+        if hint:
+            output.errors.print(f"  {hint}", highlight=False, markup=False)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.client import ApiClient
+from broker.errors import ApiError
 from batchdeck import output
 
 
@@ -23,6 +24,9 @@ def _value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+PLURALS = {"task": "tasks", "batch": "batches", "exec": "executions"}
 
 
 def _pairs(items: list[str] | None, flag: str, parse: bool = True) -> dict[str, Any]:
@@ -212,6 +216,22 @@ def _show(args: argparse.Namespace, obj: Any) -> None:
         output.print_object(obj)
 
 
+async def _warn_of_unserved_module(api: ApiClient, saved: Any) -> None:
+    """A module task is accepted when no live runner has its module (a runner with it may
+    come later), and its params are checked only against a runner's schema: say so."""
+    if not isinstance(saved, dict) or saved.get("kind") != "module":
+        return
+    try:
+        served = [module["name"] for module in (await api.call("task", "modules", {}))["modules"]]
+    except ApiError:
+        return  # the definition is saved; the warning is a courtesy this user may not be allowed
+    if saved.get("module") not in served:
+        output.errors.print(
+            f"warning: no live runner of org {api.org!r} has module {saved.get('module')!r} "
+            f"(they have: {', '.join(served) or 'none'}); its runs wait until a runner with it serves the pool, "
+            "and its params are checked then", highlight=False, markup=False)
+
+
 async def run(api: ApiClient, args: argparse.Namespace) -> None:
     """Carry out one resource command."""
     kind, verb = args.resource, args.verb
@@ -226,14 +246,21 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
         if kind == "batch":
             body.setdefault("is_enabled", True)
             body.setdefault("run_on_startup", False)
-        _show(args, await api.call(kind, "create", body))
+            if "actions" not in body:
+                raise SystemExit(_usage("a batch runs at least one task: --task TASK_ID (repeat it for more, in "
+                                        "order), or -f FILE with its actions"))
+        saved = await api.call(kind, "create", body)
+        _show(args, saved)
+        await _warn_of_unserved_module(api, saved)
     elif verb == "update":
         fields = _task_fields(args) if kind == "task" else _batch_fields(args)
         fields.update(_pairs(args.set, "--set"))
         body = {**_body(args, fields), "id": args.id}
         if args.version is not None:
             body["version"] = args.version
-        _show(args, await api.call(kind, "update", body))
+        saved = await api.call(kind, "update", body)
+        _show(args, saved)
+        await _warn_of_unserved_module(api, saved)
     elif verb == "delete":
         body = {"id": args.id}
         if kind == "task" and args.force:
@@ -284,6 +311,29 @@ async def run(api: ApiClient, args: argparse.Namespace) -> None:
             output.console.print(f"cancel of {args.id} requested; its runner has not answered yet", highlight=False)
         else:
             output.console.print(f"canceled {args.id}", highlight=False)
+
+
+def attach_sort_values(argv: list[str]) -> list[str]:
+    """`--sort -queued_at` as `--sort=-queued_at`: argparse takes a value that starts with
+    `-` for an option of its own and refuses the command ("expected one argument")."""
+    attached: list[str] = []
+    rest = iter(argv)
+    for arg in rest:
+        if arg == "--":  # what follows is a task's command line, not ours
+            attached.append(arg)
+            attached.extend(rest)
+            break
+        if arg == "--sort":
+            value = next(rest, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                attached.append(f"--sort={value}")
+                continue
+            attached.append(arg)
+            if value is not None:
+                attached.append(value)
+            continue
+        attached.append(arg)
+    return attached
 
 
 CRON_DIALECT = """\
@@ -366,7 +416,7 @@ def _add_crud(verbs: argparse._SubParsersAction, kind: str, common: argparse.Arg
 
 
 def _add_list(verbs: argparse._SubParsersAction, kind: str, common: argparse.ArgumentParser) -> None:
-    parser = verbs.add_parser("list", parents=[common], help=f"list {kind}s")
+    parser = verbs.add_parser("list", parents=[common], help=f"list {PLURALS[kind]}")
     parser.add_argument("--filter", action="append", metavar="FIELD=VALUE",
                         help="equality; repeat a field for any-of (e.g. --filter status=failed --filter status=lost)")
     parser.add_argument("--sort", metavar="FIELD", help="a field, '-' prefix for descending (e.g. -queued_at)")

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from batchdeck import output
 from broker.client import ApiClient
+from broker.errors import NotFound, Unavailable
 from broker.log_feed import log_batches
 
 LEVEL_STYLES = {"error": "red", "warning": "yellow", "debug": "dim"}
@@ -50,10 +51,29 @@ async def run_sql(api: ApiClient, args: argparse.Namespace) -> None:
 async def run_logs(api: ApiClient, args: argparse.Namespace) -> None:
     """Print the stored history, then the stream's newer lines (broker.log_feed: no gap,
     no duplicate); with -f, until the run ends. `nc` is the connection `api` uses."""
+    await _check_known(api, args.execution_id)
     printer = _LinePrinter(args.json)
     async with contextlib.aclosing(log_batches(api, args.execution_id, args.follow)) as batches:
         async for batch in batches:
             printer.print_all(batch)
+
+
+async def _check_known(api: ApiClient, execution_id: str) -> None:
+    """Raise NotFound for an id neither the live state (7 days) nor the history knows:
+    an empty log would look like a run that printed nothing, and `-f` would wait forever."""
+    try:
+        await api.call("exec", "get", {"id": execution_id})
+        return
+    except NotFound:
+        pass
+    try:
+        await api.call("exec", "logs", {"id": execution_id, "limit": 1})  # 404 when the history has no such run
+    except NotFound:
+        raise NotFound(f"execution {execution_id!r} not found: not in the live state (the last 7 days) "
+                       "nor in the history", {"kind": "execution", "id": execution_id}) from None
+    except Unavailable:
+        raise NotFound(f"execution {execution_id!r} not found in the live state (the last 7 days), "
+                       "and no store runs to ask the history", {"kind": "execution", "id": execution_id}) from None
 
 
 class _LinePrinter:

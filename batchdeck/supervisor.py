@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -26,14 +27,17 @@ from broker.connect import ConnectOptions, connect, without_credentials
 from broker.metrics import DEFAULT_HOST, Exporter, Metrics
 from broker.server import EmbeddedServer, ServerError
 from broker.service import ControlPlane
-from batchdeck import demo, output
+from batchdeck import config, demo, output
 from broker.types import LogLimits
 from runner.log_limits import Rate
-from runner.service import RunnerService
+from runner.service import DEFAULT_DRAIN, RunnerService
 from scheduler.service import SchedulerService
 from notifier.service import NotifierService, NotifierSettings
 from store.limits import StoreLimits
 from store.service import StoreService
+
+DEFAULT_PORT = 4222
+"""nats-server's own default: the port `up` takes when it is free and no earlier start chose another."""
 
 log = logging.getLogger("batchdeck")
 
@@ -130,6 +134,9 @@ async def run_runner(options: ConnectOptions, args, metrics: MetricsAddress | No
         try:
             await runner.start()
             await wait_for_stop_signal()
+            # A second signal cuts the drain short: the runs still running are handed back.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, runner.hand_back_now)
         finally:
             await runner.stop()
             await nc.drain()
@@ -229,10 +236,58 @@ async def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: floa
     await asyncio.to_thread(wait_all)
 
 
+async def _stop_runners(workers: list[subprocess.Popen[bytes]], api: ApiClient | None) -> None:
+    """Stop `up`'s runners, saying what is waited for and for how long; Ctrl-C (or SIGTERM)
+    again tells them to hand back what still runs at once."""
+    alive = [worker for worker in workers if worker.poll() is None]
+    if not alive:
+        return
+    running = await _running_runs(api)
+    if running:
+        output.console.print(
+            f"waiting for {running} running run{'s' if running != 1 else ''} to finish, up to {DEFAULT_DRAIN:g} s; "
+            "then they are handed back to the queue. Ctrl-C hands them back now.", highlight=False)
+
+    def hand_back_now() -> None:
+        output.console.print("handing the running runs back…")
+        for worker in alive:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)  # the second: the runner ends its drain
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, hand_back_now)
+    await stop_processes(alive)
+
+
+async def _running_runs(api: ApiClient | None) -> int:
+    """How many runs of the org run now (0 when the API does not answer in time)."""
+    if api is None:
+        return 0
+    try:
+        page = await api.call("exec", "list", {"filter": {"status": ["running"]}, "per_page": 1}, timeout=2)
+    except Exception:  # stopping goes on regardless: this only chooses the words
+        return 0
+    return int(page.get("total") or 0)
+
+
+def local_server(data_dir: Path, port: int | None, host: str) -> EmbeddedServer:
+    """The embedded server of `up` and `server`: on `port` when given, else on the port of
+    the last start on this data dir, else on 4222 (as nats-server), else on a free one.
+    Refuses a data dir another running `up` or `server` holds."""
+    context = config.read_context(data_dir)
+    if context is not None and context.pid != os.getpid() and context.is_running():
+        raise ServerError(f"batchdeck already runs on {data_dir} (pid {context.pid}, {context.url}): use it "
+                          "(`batchdeck tui`), stop it, or give another --data-dir")
+    preferred = tuple(p for p in (context.port if context else None, DEFAULT_PORT) if p)
+    return EmbeddedServer(data_dir, port=port, host=host, preferred_ports=preferred)
+
+
 async def run_server(data_dir: Path, port: int | None, host: str) -> None:
     """`batchdeck server`: the embedded nats-server with streams provisioned."""
-    server = EmbeddedServer(data_dir, port=port, host=host)
+    server = local_server(data_dir, port, host)
     await server.astart()
+    config.write_context(data_dir, server.url, config.default_org())
     try:
         nc = await connect(ConnectOptions(url=server.url))
         _report_drift(await streams.provision(nc.jetstream()))
@@ -260,8 +315,9 @@ async def _run_up(
 ) -> None:
     if not headless:
         _log_to_file(data_dir / LOG_FILE)  # the dashboard owns the terminal
-    server = EmbeddedServer(data_dir, port=port, host=host)
+    server = local_server(data_dir, port, host)
     await server.astart()
+    config.write_context(data_dir, server.url, org)
     nc = plane = scheduler = store = notifier = None
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -289,11 +345,11 @@ async def _run_up(
             await wait_for_stop_signal()
         else:
             await _dashboard_until_quit(server.url, org)
-        output.console.print("stopping…")
     finally:
+        output.console.print("stopping…")
         if scheduler is not None:
             await scheduler.stop()
-        await stop_processes(workers)
+        await _stop_runners(workers, ApiClient(nc, org) if nc is not None else None)
         if notifier is not None:
             await notifier.stop()
         if store is not None:
@@ -316,7 +372,10 @@ def _print_banner(server: EmbeddedServer, data_dir: Path, org: str, headless: bo
     console.print(f"  history   {data_dir / HISTORY_FILE} (batchdeck sql \"SELECT * FROM task_stats\")", highlight=False)
     if notifications is not None:
         console.print(f"  notifier  {' and '.join(notifications.channels())}", highlight=False)
-    console.print(f"  try       BATCHDECK_NATS_URL={server.url} batchdeck task list", highlight=False)
+    here = data_dir.resolve()
+    prefix = "" if here == config.default_data_dir().resolve() else f"{config.ENV_DATA_DIR}={here} "
+    console.print(f"  try       {prefix}batchdeck task list   (in any terminal: {config.CONTEXT_FILE} in the data dir "
+                  "says where this system is)", highlight=False, markup=False)
     if headless:
         console.print("Ctrl-C stops everything.")
     else:

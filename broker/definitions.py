@@ -104,6 +104,12 @@ class Definitions:
         if (problem := self.log_limits.problem(spec)) is not None:
             raise BadRequest(problem, {"log_max_lines": self.log_limits.max_lines,
                                        "log_max_bytes": self.log_limits.max_bytes})
+        await self.check_module_params(org, spec)
+
+    async def check_module_params(self, org: str, spec: TaskSpec | Task) -> None:
+        """A module task's params (as defined, or as a start merged them) must fit the
+        schema a live runner advertises for its module; 400 naming each param that does
+        not. Nothing to check against when no live runner advertises the module."""
         if spec.kind != "module":
             return
         for info in await self.module_catalog(org):
@@ -221,15 +227,28 @@ class Definitions:
         return [b for b in await self.buckets.batches.scan(org) if b.deleted_at is None]
 
     async def _check_actions(self, org: str, spec: BatchSpec) -> None:
+        """Every action names a live task; a module task's params, with the action's
+        merged in, fit the module (as a run will take them)."""
         missing = []
+        tasks: dict[str, Task] = {}
         for task_id in dict.fromkeys(a.task_id for a in spec.actions):
             task = await self.buckets.tasks.get(org, task_id)
             if task is None or task.deleted_at is not None:
                 missing.append(task_id)
+            else:
+                tasks[task_id] = task
         if missing:
             raise BadRequest(
                 f"actions refer to task(s) that do not exist: {', '.join(map(repr, missing))}", {"missing": missing}
             )
+        for index, action in enumerate(spec.actions):
+            task = tasks[action.task_id]
+            if task.kind == "module" and action.params:
+                try:
+                    await self.check_module_params(org, msgspec.structs.replace(
+                        task, params={**task.params, **action.params}))
+                except BadRequest as err:
+                    raise BadRequest(f"action {index} (task {task.id!r}): {err.message}", err.details) from None
 
     async def create_batch(self, org: str, body: bytes) -> Batch:
         spec = codec.decode_request(body, BatchSpec)

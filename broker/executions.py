@@ -110,6 +110,7 @@ class Executions:
         params = overrides.start_params(task, request.params)
         snapshot = self._snapshot(task, {**task.params, **params})
         overrides.check_program(snapshot)
+        await self.definitions.check_module_params(org, snapshot)
         execution = Execution(
             id=execution_id,
             org=org,
@@ -172,6 +173,8 @@ class Executions:
                      for task, action in zip(tasks, batch.actions, strict=True)]
         for snapshot in snapshots:
             overrides.check_program(snapshot)
+        if manual:  # a tick was checked when its batch was saved; a start's params are checked now
+            await asyncio.gather(*(self.definitions.check_module_params(org, s) for s in snapshots))
         execution = Execution(
             id=execution_id,
             org=org,

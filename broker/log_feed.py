@@ -177,6 +177,8 @@ async def _stored_pages(api: ApiClient, execution_id: str, after_idx: int) -> As
             page = await api.call("exec", "logs", {"id": execution_id, "offset": offset, "limit": LOG_PAGE})
         except Unavailable:
             return  # no store running: the stream alone has what it still holds (7 days)
+        except NotFound:
+            return  # the store has not seen the run yet: the live lines will have it all
         lines = [line for line in page["items"] if _idx(line) > offset]
         if not lines:
             return

@@ -56,10 +56,14 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         server_name: str = "batchdeck",
         extra_args: list[str] | None = None,
+        preferred_ports: tuple[int, ...] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
+        self.preferred_ports = preferred_ports
+        """Tried in order when `port` is None, before a free one is picked (`up`: the port
+        of its last start, then 4222)."""
         self.server_name = server_name
         self.extra_args = extra_args or []
         self.process: subprocess.Popen[bytes] | None = None
@@ -81,13 +85,15 @@ class EmbeddedServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         chosen = self.port
-        for _ in range(3 if chosen is None else 1):
-            self.port = chosen or free_port(self.host)
+        # A taken port makes nats-server exit at once: the next candidate is tried. A free
+        # port can also be taken between our probe and the server's bind: a few of those.
+        candidates = [chosen] if chosen is not None else [*dict.fromkeys(self.preferred_ports), None, None, None]
+        for candidate in candidates:
+            self.port = candidate or free_port(self.host)
             log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             self._spawn()
             if self._wait_ready(timeout, log_offset):
                 return self.url
-            # A free port can be taken between our probe and the server's bind: retry.
             self.stop()
         raise ServerError(f"nats-server did not start on {self.host}:{self.port}: {self._log_tail()}")
 

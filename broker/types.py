@@ -231,8 +231,10 @@ class TaskSpec(Struct, kw_only=True, forbid_unknown_fields=True):
         if self.kind is None:
             self.kind = "module" if self.module is not None and self.command is None else "command"
         if self.kind == "command":
-            if not self.command or not self.command[0]:
+            if not self.command:
                 raise ValueError("a task of kind 'command' needs `command`, a non-empty argv list such as [\"echo\", \"hi\"]")
+            if not self.command[0].strip():
+                raise ValueError("`command[0]`, the program to run, is empty or blank: name a program, e.g. [\"echo\", \"hi\"]")
             if self.module is not None:
                 raise ValueError("a task of kind 'command' takes `command`, not `module`")
         else:

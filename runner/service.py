@@ -144,6 +144,7 @@ class RunnerService:
         self._heartbeat_loop: asyncio.Task[None] | None = None
         self._claim_loops: list[asyncio.Task[None]] = []
         self._runs: set[asyncio.Task[None]] = set()
+        self._hand_back_now = asyncio.Event()
         self._control_subs: list[Any] = []
         self.counters = RunCounters()
         self.refusals = Refusals(log)
@@ -200,7 +201,7 @@ class RunnerService:
         await asyncio.gather(*self._claim_loops, return_exceptions=True)
         if self._runs:
             log.info("runner %s draining %d run(s) for up to %g s", self.id, len(self._runs), self.drain_timeout)
-            _, still_running = await asyncio.wait(set(self._runs), timeout=self.drain_timeout)
+            still_running = await self._drain()
             for run in self.active.values():
                 run.handback = True
                 run.cancel.set()
@@ -222,6 +223,29 @@ class RunnerService:
             await self.buckets.runners.kv.delete(subjects.kv_key(self.org, self.id))
         except Exception as err:  # the heartbeat TTL removes it anyway
             log.debug("could not remove the heartbeat: %s", err)
+
+    def hand_back_now(self) -> None:
+        """End the drain of `stop()` at once: what still runs is handed back (a second
+        Ctrl-C or SIGTERM)."""
+        self._hand_back_now.set()
+
+    async def _drain(self) -> set[asyncio.Task[None]]:
+        """Wait for the running work until it ends, the drain timeout passes or
+        hand_back_now() is called; what still runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        cut = asyncio.create_task(self._hand_back_now.wait())
+        pending = set(self._runs)
+        try:
+            while pending and not self._hand_back_now.is_set() and loop.time() < deadline:
+                _, pending = await asyncio.wait({*pending, cut}, timeout=deadline - loop.time(),
+                                                return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(cut)
+        finally:
+            cut.cancel()
+        if pending and self._hand_back_now.is_set():
+            log.info("runner %s handing back %d run(s) now", self.id, len(pending))
+        return pending
 
     async def _wait_for_provisioning(self) -> None:
         """Wait until a broker has provisioned the streams and buckets, asking only what a

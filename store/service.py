@@ -147,6 +147,8 @@ class StoreService:
         query += f" ORDER BY idx {request.order.upper()} LIMIT ?"
         params.append(request.limit)
         rows = await self._in_reads(org, self._read, query, params)
+        if not rows and not await self._in_reads(org, self._known_execution, org, request.id):
+            raise NotFound(f"execution {request.id!r} is not in the history", {"kind": "execution", "id": request.id})
         items, size = [], 0
         budget = self.nc.max_payload - REPLY_MARGIN
         for r in rows:
@@ -232,6 +234,13 @@ class StoreService:
             return total, cursor.execute(select, params + paging).fetchall()
         finally:
             cursor.close()
+
+    def _known_execution(self, org: str, execution_id: str) -> bool:
+        """Whether the history holds the execution or any line of its log (lines may come first)."""
+        rows = self._read("SELECT 1 FROM bd_history.executions WHERE org = ? AND id = ? UNION ALL "
+                          "SELECT 1 FROM bd_history.logs WHERE org = ? AND execution_id = ? LIMIT 1",
+                          [org, execution_id, org, execution_id])
+        return bool(rows)
 
     def _known_batch(self, org: str, batch_id: str) -> bool:
         rows = self._read("SELECT 1 FROM bd_history.batches WHERE org = ? AND id = ? LIMIT 1", [org, batch_id])

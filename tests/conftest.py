@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import tempfile
 import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +27,12 @@ from broker.client import ApiClient
 from broker.server import EmbeddedServer
 from broker.service import ControlPlane
 from runner.service import RunnerService, consumer_name
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A command without --nats finds the system `batchdeck up` recorded in the default data
+    # dir: in tests that must never be the developer's own (tests name their dirs).
+    os.environ["BATCHDECK_DATA_DIR"] = tempfile.mkdtemp(prefix="batchdeck-no-context-")
 
 
 STUCK_AFTER = float(os.environ.get("BATCHDECK_TEST_STUCK_AFTER", "150"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import select
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from broker.server import EmbeddedServer, free_port
+from processes import up_banner
 
 BATCHDECK = [sys.executable, "-m", "batchdeck"]
 
@@ -146,22 +148,10 @@ def _start_up(data_dir: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait_for_api(up: subprocess.Popen[str], url: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def _wait_for_api(up: subprocess.Popen[str], url: str) -> subprocess.CompletedProcess[str]:
     """Wait for the banner `up` prints once everything is started (it must name the
     NATS URL), then list tasks."""
-    deadline = time.monotonic() + timeout
-    said = b""
-    # os.read, not readline: readline may pull the banner into the file's buffer along
-    # with the line before it, and select on the pipe would then wait for more in vain.
-    while b"batchdeck is up" not in said and time.monotonic() < deadline and up.poll() is None:
-        ready, _, _ = select.select([up.stdout], [], [], 0.2)
-        if ready:
-            said += os.read(up.stdout.fileno(), 65536)
-    seen = said.decode(errors="replace")
-    if up.poll() is not None:  # it ended: show all it said, to tell why
-        out, err = up.communicate(timeout=10)
-        seen += f"{out}\n[exit code {up.returncode}; stderr:]\n{err[-3000:]}"
-    assert url in seen and up.poll() is None, seen
+    assert url in up_banner(up)
     return cli("task", "list", "--json", url=url, org="default")
 
 
@@ -216,6 +206,114 @@ def test_up_answers_the_api_and_keeps_definitions_across_a_restart(tmp_path: Pat
         import socket
 
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_up_records_where_it_runs_and_commands_with_no_flag_find_it(tmp_path: Path):
+    """A second terminal: no --nats, no BATCHDECK_NATS_URL, no --org, and it reaches the
+    system `up` started, in its org. Flags and variables still win; the port stays the same
+    across restarts; a stopped `up` is named as such."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k not in ("BATCHDECK_NATS_URL", "BATCHDECK_ORG")}
+    env["BATCHDECK_DATA_DIR"] = str(data_dir)
+
+    def batchdeck(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*BATCHDECK, *args], env={**env, **extra}, capture_output=True, text=True, timeout=60)
+
+    def start_up() -> tuple[subprocess.Popen[str], str]:
+        up = subprocess.Popen([*BATCHDECK, "up", "--headless", "--runners", "0", "--org", "acme"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        banner = up_banner(up)
+        return up, re.search(r"NATS on (nats://\S+)", banner).group(1)
+
+    up, url = start_up()
+    try:
+        context = json.loads((data_dir / "context.json").read_text())
+        assert context["url"] == url and context["org"] == "acme" and context["pid"] == up.pid
+        created = batchdeck("task", "create", "--name", "mine", "--id", "mine", "--", "true")
+        assert created.returncode == 0, created.stderr
+        assert cli("task", "get", "mine", url=url, org="acme").returncode == 0  # in up's org
+        assert cli("task", "get", "mine", url=url, org="default").returncode == 1
+        elsewhere = f"nats://127.0.0.1:{free_port()}"
+        assert batchdeck("task", "list", "--nats", elsewhere).returncode == 1  # a flag wins
+        assert batchdeck("task", "list", BATCHDECK_NATS_URL=elsewhere).returncode == 1  # and so does the variable
+        assert batchdeck("task", "list", "--org", "default", "--json").stdout.count('"mine"') == 0
+        second = batchdeck("up", "--headless", "--runners", "0")
+        assert second.returncode == 1 and "already runs on" in second.stderr, second.stderr
+    finally:
+        assert _stop(up)[0] == 0
+
+    stopped = batchdeck("task", "list")
+    assert stopped.returncode == 1
+    assert "context.json" in stopped.stderr and "has stopped" in " ".join(stopped.stderr.split()), stopped.stderr
+
+    again, url_again = start_up()
+    try:
+        assert url_again == url  # the same port: what a first terminal exported stays true
+        assert json.loads(batchdeck("task", "get", "mine", "--json").stdout)["id"] == "mine"
+    finally:
+        assert _stop(again)[0] == 0
+
+
+def test_stopping_up_says_what_it_waits_for_and_a_second_signal_hands_the_runs_back(tmp_path: Path):
+    port = free_port()
+    url = f"nats://127.0.0.1:{port}"
+    up = _start_up(tmp_path, port, "--runners", "1")
+    try:
+        assert _wait_for_api(up, url).returncode == 0
+        assert cli("task", "create", "--name", "long", "--id", "long", "--", "sleep", "120", url=url,
+                   org="default").returncode == 0
+        execution_id = json.loads(cli("task", "start", "long", "--json", url=url, org="default").stdout)["execution_id"]
+        deadline = time.monotonic() + 30
+        while json.loads(cli("exec", "get", execution_id, "--json", url=url, org="default").stdout)["status"] != "running":
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+
+        up.send_signal(signal.SIGTERM)
+        said = b""
+        while b"Ctrl-C hands them back now" not in said and up.poll() is None:
+            ready, _, _ = select.select([up.stdout], [], [], 1.0)
+            if ready:
+                said += os.read(up.stdout.fileno(), 65536)
+        assert b"waiting for 1 running run to finish, up to 30 s" in said, said
+        up.send_signal(signal.SIGINT)  # as Ctrl-C
+        out, err = up.communicate(timeout=25)  # well inside the 30 s drain: it did not wait for it
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert up.returncode == 0, err
+    assert "handing the running runs back" in out
+    assert "handing back 1 run(s) now" in err  # the runner's own log
+
+
+async def test_the_first_hour_rough_edges_of_the_cli(run):
+    # a sort field with its `-` (descending) after a space, as the README prints it
+    await run("task", "create", "--name", "t", "--id", "t", "--", "true")
+    for _ in range(2):
+        await run("task", "start", "t")
+    listed = await run("exec", "list", "--filter", "status=queued", "--filter", "status=running",
+                       "--sort", "-queued_at", "--json")
+    assert listed.returncode == 0, listed.stderr
+    times = [item["queued_at"] for item in json.loads(listed.stdout)["items"]]
+    assert len(times) == 2 and times == sorted(times, reverse=True)
+    # a batch without a task is a usage error that names the flag, not the API's field
+    lonely = await run("batch", "create", "--name", "b", "--cron", "@daily")
+    assert lonely.returncode == 2 and "--task TASK_ID" in lonely.stderr and "actions`" not in lonely.stderr
+    assert "list batches" in (await run("batch", "--help")).stdout
+    # a module no live runner has: saved, with a word about it
+    saved = await run("task", "create", "--name", "g", "--id", "g", "--module", "greet", "--param", "who=ops")
+    assert saved.returncode == 0, saved.stderr
+    assert "warning: no live runner of org" in saved.stderr and "has module 'greet'" in saved.stderr
+
+
+def test_a_sort_value_is_attached_only_where_it_is_a_sort_value():
+    from batchdeck.commands import attach_sort_values
+
+    assert attach_sort_values(["exec", "list", "--sort", "-queued_at", "--json"]) == [
+        "exec", "list", "--sort=-queued_at", "--json"]
+    assert attach_sort_values(["exec", "list", "--sort", "name"]) == ["exec", "list", "--sort", "name"]
+    # after `--` it is the task's command line: left alone
+    assert attach_sort_values(["task", "create", "--", "sort", "--sort", "-r"]) == [
+        "task", "create", "--", "sort", "--sort", "-r"]
 
 
 async def test_batch_next_and_triggers_through_the_cli(run):

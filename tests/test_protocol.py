@@ -169,6 +169,22 @@ async def test_srv_info_without_id_answers_too(broker, nc):
     assert all(r["name"] == SERVICE for r in replies)
 
 
+async def test_srv_stats_count_error_replies_and_the_handlers_time(broker, nc, org):
+    def task_get(reply: dict) -> dict:
+        return next(e for e in reply["endpoints"] if e["name"] == "task-get")
+
+    stats = f"$SRV.STATS.{SERVICE}.{broker.service.id}"
+    before = task_get(json.loads((await raw(nc, stats, data=b"")).data))
+    for i in range(3):
+        reply = await raw(nc, f"bd.{org}.api.task.get", {"id": f"ghost-{i}"})
+        assert reply.headers["Nats-Service-Error-Code"] == "404"
+    after = task_get(json.loads((await raw(nc, stats, data=b"")).data))
+    assert after["num_requests"] - before["num_requests"] == 3
+    assert after["num_errors"] - before["num_errors"] == 3  # as Go's micro counts them
+    assert after["last_error"].startswith("404:") and "'ghost-2'" in after["last_error"]
+    assert after["processing_time"] > before["processing_time"]
+
+
 # ---- several instances --------------------------------------------------------------
 
 

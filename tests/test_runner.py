@@ -600,6 +600,24 @@ async def test_task_modules_lists_what_a_live_runner_advertises(api, runner_fact
     assert all(m["description"] for m in modules.values())
 
 
+async def test_module_params_of_a_start_or_a_batch_action_are_checked_against_the_live_schema(
+        api, runner_factory):
+    await runner_factory()
+    task = await api.call("task", "create", {"name": "nap", "kind": "module", "module": "sleep",
+                                             "params": {"seconds": 1}, "overridable": [{"name": "seconds"}]})
+    # `seconds` may be set by a start (a string, as declared), but the module wants a number
+    refused = await expect_error(400, api.call("task", "start", {"id": task["id"], "params": {"seconds": "abc"}}))
+    assert "params do not fit module 'sleep'" in refused.message and "'seconds' must be number" in refused.message
+    assert (await api.call("exec", "list", {"filter": {"task_id": task["id"]}}))["total"] == 0  # nothing queued
+    assert (await api.call("task", "start", {"id": task["id"], "params": {}}))["execution_id"]
+
+    bad_action = {"name": "b", "cron_expression": "@daily", "is_enabled": False, "run_on_startup": False,
+                  "actions": [{"task_id": task["id"], "params": {"seconds": "soon"}}]}
+    refused = await expect_error(400, api.call("batch", "create", bad_action))
+    assert refused.message.startswith(f"action 0 (task {task['id']!r}): params do not fit module 'sleep'")
+    assert (await api.call("batch", "list", {}))["total"] == 0
+
+
 async def test_runner_list_shows_the_runner_with_pools_modules_and_running(
     api, runner_factory, make_task, start_task, wait_exec, monkeypatch
 ):

@@ -336,7 +336,7 @@ async def test_an_untraced_run_leaves_no_rows(stack):
         assert rows == [{"n": 0}], table
     assert await stack.sql("SELECT count(*) AS n FROM logs WHERE msg LIKE 'secret%'") == [{"n": 0}]
     assert await stack.sql("SELECT msg FROM logs") == [{"msg": "visible"}]
-    assert (await stack.api().call("exec", "logs", {"id": hidden["id"]}))["items"] == []
+    await expect_error(404, stack.api().call("exec", "logs", {"id": hidden["id"]}))  # not in the history
     assert [r["executions"] for r in await stack.sql("SELECT executions FROM runners")] == [1]
 
 
@@ -609,7 +609,8 @@ async def test_exec_logs_pages_by_offset_orders_and_filters_by_time(stack):
     await expect_error(400, logs(limit=10_001))
     await expect_error(400, logs(limit=0))
     await expect_error(400, logs(since="yesterday"))
-    assert (await api.call("exec", "logs", {"id": "no-such-execution"}))["items"] == []
+    error = await expect_error(404, api.call("exec", "logs", {"id": "no-such-execution"}))
+    assert "'no-such-execution' is not in the history" in error.message
 
 
 async def test_long_lines_come_in_pages_that_fit_a_message_and_the_cli_prints_them_all(stack):
@@ -880,6 +881,13 @@ async def test_batchdeck_logs_prints_each_line_once_and_follows_a_run_until_it_e
     assert printed_lines(out) == [(i, f"tick {i}") for i in range(1, 11)]
     # It returned because the run ended, not because the stream went quiet once.
     assert (await stack.api().call("exec", "get", {"id": running_id}))["status"] == "succeeded"
+
+
+async def test_batchdeck_logs_of_an_unknown_run_is_a_404_not_an_empty_log_or_a_hang(stack):
+    for follow in ((), ("-f",)):
+        code, out, err = await batchdeck(stack, "logs", "01NOSUCHRUN000000000000000", *follow, timeout=30)
+        assert code == 1 and out == "", (follow, out, err)
+        assert "error 404" in err and "'01NOSUCHRUN000000000000000' not found" in err, err
 
 
 # ---- export -------------------------------------------------------------------------

@@ -183,7 +183,7 @@ def without(key: str) -> dict[str, Any]:
         pytest.param({**VALID, "name": "x" * 201}, "name", id="name-too-long"),
         pytest.param({**VALID, "name": 5}, "name", id="name-not-string"),
         pytest.param({**VALID, "command": []}, "command", id="empty-command"),
-        pytest.param({**VALID, "command": [""]}, "command", id="empty-program"),
+        pytest.param({**VALID, "command": [""]}, "command[0]`, the program to run, is empty", id="empty-program"),
         pytest.param({**VALID, "command": "echo hi"}, "command", id="command-string"),
         pytest.param({**VALID, "retries": "3"}, "retries", id="retries-string"),
         pytest.param({**VALID, "retries": -1}, "retries", id="retries-negative"),
