@@ -47,7 +47,8 @@ class StartForm(FormScreen):
             if param.get("description"):
                 yield hint(param["description"])
         yield field_row("Context", TextArea("{}", id="context", show_line_numbers=False))
-        yield hint("JSON object given to the run; its values fill {{ name }} placeholders")
+        yield hint("JSON object given to the run; its values fill the {{ name }} placeholders the params leave "
+                   "open (on equal names the params win)")
 
     # ---- building the request ----------------------------------------------------
 
