@@ -18,7 +18,7 @@ from rich.text import Text
 
 from broker.client import ApiClient
 from broker.connect import ConnectOptions
-from broker.server import EmbeddedServer
+from broker.server import EmbeddedServer, free_port
 from broker.service import ControlPlane
 from tui.app import BatchdeckApp
 from tui.screens.batch_form import BatchForm
@@ -28,6 +28,7 @@ from tui.screens.main import MainScreen
 from tui.screens.runners import RunnersScreen
 from tui.screens.start_form import StartForm
 from tui.screens.tasks import TasksScreen
+from tui.widgets.connection_bar import ConnectionBar
 from tui.widgets.live_table import LiveTable
 from tui.widgets.log_pane import LogPane
 
@@ -375,7 +376,7 @@ async def test_the_header_says_reconnecting_and_the_lists_come_back_after_a_nats
             batches = screen.query_one("#batches", LiveTable)
             await until(lambda: len(batches.shown_keys) == 1, pilot, "the batch")
             await asyncio.to_thread(server.stop)
-            await until(lambda: pilot.app.connection == "reconnecting", pilot, "the header saying so")
+            await until(lambda: pilot.app.connection.startswith("reconnecting"), pilot, "the header saying so")
             await asyncio.to_thread(server.start)
             await until(lambda: pilot.app.connection == "connected", pilot, "connected again", timeout=30)
             later = await make_batch(api, "Made after", task["id"])
@@ -385,6 +386,23 @@ async def test_the_header_says_reconnecting_and_the_lists_come_back_after_a_nats
         await plane.stop()
         await nc.close()
         server.stop()
+
+
+async def test_an_unreachable_server_is_said_with_the_reason_and_the_dashboard_connects_when_it_comes(tmp_path):
+    port = free_port()
+    app = BatchdeckApp(ConnectOptions(url=f"nats://127.0.0.1:{port}", name="test-tui"), "late")
+    server = EmbeddedServer(tmp_path / "nats", port=port)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: app.connection.startswith("unreachable"), pilot, "the header saying unreachable",
+                    timeout=5)
+        assert "connection refused" in app.connection and "retrying" in app.connection
+        assert "unreachable: connection refused" in str(app.screen.query_one(ConnectionBar).render())
+        await asyncio.to_thread(server.start)
+        try:
+            await until(lambda: app.connection == "connected", pilot, "connected once the server is there",
+                        timeout=30)
+        finally:
+            await asyncio.to_thread(server.stop)
 
 
 def test_the_live_set_of_executions_stays_bounded_through_a_burst_of_starts():

@@ -345,6 +345,37 @@ async def test_task_form_edit_sends_id_version_and_the_changed_fields():
         assert isinstance(app.screen, TaskForm)
 
 
+async def test_a_new_task_or_batch_takes_the_id_typed_and_refuses_one_that_is_no_id():
+    for make, fields in ((lambda save: TaskForm(save), {"#name": "etl", "#command": "etl.sh"}),
+                         (lambda save: BatchForm(save, tasks=TASKS),
+                          {"#name": "nightly", "#cron": "0 3 * * *", "#action-ids": "backup"})):
+        save = Recorder()
+        app = Host(make(save))
+        async with app.run_test(size=SIZE) as pilot:
+            await fill_in(pilot, fields)
+            await type_into(pilot, "#record-id", "nightly etl!")  # what is no id cannot be typed
+            assert app.screen.query_one("#record-id", Input).value == "nightlyetl"
+            await fill(pilot, "#record-id", "-etl")
+            await press_save(pilot)
+            assert save.requests == [] and shown(app, "#form-error").startswith("id: 1-64 letters")
+            await fill(pilot, "#record-id", "nightly-etl")
+            await press_save(pilot)
+        assert save.requests[0]["id"] == "nightly-etl", save.requests
+
+
+async def test_a_new_record_without_an_id_gets_one_from_the_api_and_an_edit_has_no_id_field():
+    save = Recorder()
+    app = Host(TaskForm(save))
+    async with app.run_test(size=SIZE) as pilot:
+        await fill_in(pilot, {"#name": "etl", "#command": "etl.sh"})
+        await press_save(pilot)
+    assert "id" not in save.requests[0]  # the API makes a ULID
+    stored = {"id": "greet", "version": 7, "name": "greet", "command": ["echo"], "kind": "command"}
+    app = Host(TaskForm(Recorder(), task=stored))
+    async with app.run_test(size=SIZE):
+        assert not app.screen.query("#record-id")
+
+
 # ---- start form ---------------------------------------------------------------------
 
 

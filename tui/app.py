@@ -9,11 +9,14 @@ Changes from NATS are coalesced: screens repaint at most every REFRESH seconds.
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from nats.aio.client import Client
+from nats.errors import NoServersError
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -33,6 +36,25 @@ from tui.screens.tasks import TasksScreen
 REFRESH = 0.15
 """Seconds between repaints while changes stream in."""
 RETRY_CONNECT = 2.0
+
+
+def connection_problem(err: BaseException) -> str | None:
+    """Why a try to reach the server failed, in a few words; None for an error that is
+    not about reaching it."""
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused (is the server running?)"
+    if isinstance(err, socket.gaierror):
+        return "unknown host name"
+    if isinstance(err, (TimeoutError, asyncio.TimeoutError)):
+        return "no answer (timed out)"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS: {err.reason or err}"
+    text = str(err).lower()
+    if "authorization" in text or "authentication" in text:
+        return "authorization failed (check the credentials)"
+    if isinstance(err, (OSError, NoServersError)):
+        return str(err) or type(err).__name__
+    return None
 
 
 class BatchdeckApp(App[None]):
@@ -88,6 +110,8 @@ class BatchdeckApp(App[None]):
         if self.nc is None:
             while True:
                 try:
+                    # A service connection keeps trying the first connect too: each failed
+                    # try reaches _on_error, which says why in the header.
                     self.nc = await connect(self.options, service=True, disconnected_cb=self._on_disconnected,
                                             reconnected_cb=self._on_reconnected, error_cb=self._on_error,
                                             closed_cb=self._on_closed)
@@ -96,6 +120,7 @@ class BatchdeckApp(App[None]):
                     self.connection = f"unreachable: {err or type(err).__name__}"
                     await asyncio.sleep(RETRY_CONNECT)
             self.api = ApiClient(self.nc, self.org)
+            self.connection = "connected"  # the lists follow as the live state loads
         self.live = LiveState(self.api, self._changed, self._live_warning)
         await self.live.start()
         self.connection = "connected"
@@ -114,7 +139,15 @@ class BatchdeckApp(App[None]):
         self._resync()
 
     async def _on_error(self, err: Exception) -> None:
-        pass  # the connection state says what matters; details would only be noise here
+        """A try to reach the server failed: the header says why while the connection is
+        not up (other errors, e.g. a refused subject, are for the screens to report)."""
+        reason = connection_problem(err)
+        if reason is None:
+            return
+        if self.connection == "connecting" or self.connection.startswith("unreachable"):
+            self.connection = f"unreachable: {reason}; retrying"
+        elif self.connection.startswith("reconnecting"):
+            self.connection = f"reconnecting: {reason}"
 
     async def _on_closed(self) -> None:
         self.connection = "closed"

@@ -56,6 +56,7 @@ class BatchForm(FormScreen):
 
     def compose_fields(self) -> ComposeResult:
         batch = self.original or {}
+        yield from self.new_id_field(self.original is None)
         action_ids = [action["task_id"] for action in batch.get("actions", [])]
         yield field_row("Name", Input(batch.get("name", ""), id="name", max_length=200), required=True)
         yield field_row("Description", Input(batch.get("description", ""), id="description", max_length=4000))
@@ -199,7 +200,8 @@ class BatchForm(FormScreen):
     def build(self) -> dict[str, Any] | None:
         """The body for `save`: the whole spec for a new batch; for an edit, `id`,
         `version` and the changed fields, or None when nothing changed."""
-        return spec_request(self._spec(), self.original, SPEC_DEFAULTS)
+        request = spec_request(self._spec(), self.original, SPEC_DEFAULTS)
+        return {**self.chosen_id(), **request} if request is not None else None
 
 
 # ---- schedule preview ------------------------------------------------------------

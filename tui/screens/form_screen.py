@@ -8,6 +8,7 @@ text) is shown in the red strip above the buttons and the form stays open.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Static
 
 from broker.errors import ApiError
+from broker.types import ID_PATTERN
 
 Save = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -76,6 +78,23 @@ class FormScreen(ModalScreen[dict | None]):
                 with Horizontal(classes="bd-buttons"):
                     yield Button("Cancel", id="cancel")
                     yield Button(self.VERB.capitalize(), id=self.VERB, variant=self.VERB_VARIANT)
+
+    def new_id_field(self, is_new: bool) -> ComposeResult:
+        """On create, an optional ID (a new ULID when left empty); a record's id never changes."""
+        if is_new:
+            yield field_row("ID", Input(id="record-id", max_length=64, restrict=r"[A-Za-z0-9_-]*",
+                                        placeholder="optional: a new ULID when empty"))
+
+    def chosen_id(self) -> dict[str, str]:
+        """`{"id": …}` when the user typed one, `{}` when not (or when editing); FormError
+        when it is no id."""
+        fields = self.query("#record-id")
+        value = fields.first(Input).value.strip() if fields else ""
+        if not value:
+            return {}
+        if not re.fullmatch(ID_PATTERN, value):
+            raise FormError("id: 1-64 letters, digits, '_' or '-', starting with a letter or a digit")
+        return {"id": value}
 
     def show_text(self, selector: str, text: str) -> None:
         """Show `text` in the Static at `selector`; hide it while there is none."""

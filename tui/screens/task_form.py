@@ -44,6 +44,7 @@ class TaskForm(FormScreen):
 
     def compose_fields(self) -> ComposeResult:
         task = self.original or {}
+        yield from self.new_id_field(self.original is None)
         kind = task.get("kind") or "command"
         yield field_row("Name", Input(task.get("name", ""), id="name", max_length=200), required=True)
         yield field_row("Description", Input(task.get("description", ""), id="description", max_length=4000))
@@ -184,7 +185,8 @@ class TaskForm(FormScreen):
     def build(self) -> dict[str, Any] | None:
         """The body for `save`: the whole spec for a new task; for an edit, `id`,
         `version` and the changed fields, or None when nothing changed."""
-        return spec_request(self._spec(), self.original, SPEC_DEFAULTS)
+        request = spec_request(self._spec(), self.original, SPEC_DEFAULTS)
+        return {**self.chosen_id(), **request} if request is not None else None
 
 
 # ---- fields ----------------------------------------------------------------------

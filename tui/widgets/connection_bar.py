@@ -44,8 +44,9 @@ class ConnectionBar(Static):
         bar.append(self.bd_app.server, style="")
         bar.append("  org ", style="dim")
         bar.append(self.bd_app.org, style="bold")
-        bar.append("  ● ", style=STATE_STYLES.get(state, "red"))
-        bar.append(state, style=STATE_STYLES.get(state, "red"))
+        style = STATE_STYLES.get(state.split(":")[0], "red")  # "reconnecting: why" is still reconnecting
+        bar.append("  ● ", style=style)
+        bar.append(state, style=style)
         if self.counts:
             bar.append(f"  │ {self.counts}", style="dim")
         self.update(bar)
